@@ -1,0 +1,185 @@
+// Package config holds the data types of the bridge's YAML configuration
+// file. It is a leaf package: it imports no other package of the bridge but
+// cache (for Ref), and nothing here talks to a broker or the API server.
+package config
+
+import (
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/depbridge/depbridge/internal/cache"
+)
+
+// Config is the bridge's configuration file.
+type Config struct {
+	// Cluster names the cluster in every event's source attribute
+	// ("depbridge://<cluster>/<instance>"). Defaults to "default".
+	Cluster string `json:"cluster,omitempty"`
+	// Listen is the address of /healthz, /readyz and /metrics. Defaults to
+	// ":8080".
+	Listen string `json:"listen,omitempty"`
+	// Sinks are the brokers events can be sent to. With none, the bridge
+	// starts an embedded NATS server with JetStream on 127.0.0.1 and a sink
+	// named "default" for it.
+	Sinks []Sink `json:"sinks,omitempty"`
+	// Routes say where and how a subscription's events are published. A
+	// route named "default" is created for the embedded sink when there are
+	// no sinks.
+	Routes []Route `json:"routes,omitempty"`
+	// Subscriptions are the watchers and what each depends on.
+	Subscriptions []Subscription `json:"subscriptions,omitempty"`
+	// Control is the run-time subscription channel on the bus; off when nil.
+	Control *Control `json:"control,omitempty"`
+	// Engine tunes the watch engine.
+	Engine Engine `json:"engine,omitempty"`
+}
+
+// Sink is a named broker connection. Exactly one of its transport fields is
+// set.
+type Sink struct {
+	Name      string     `json:"name"`
+	NATS      *NATS      `json:"nats,omitempty"`
+	JetStream *JetStream `json:"jetstream,omitempty"`
+	Kafka     *Kafka     `json:"kafka,omitempty"`
+	HTTP      *HTTP      `json:"http,omitempty"`
+	Stdout    *Stdout    `json:"stdout,omitempty"`
+}
+
+// NATSConn is how to reach a NATS server. Credentials are either literal or
+// "${ENV_VAR}" references expanded from the environment at load time.
+type NATSConn struct {
+	// URL of the server(s), comma-separated: "nats://127.0.0.1:4222".
+	URL       string `json:"url"`
+	User      string `json:"user,omitempty"`
+	Password  string `json:"password,omitempty"`
+	Token     string `json:"token,omitempty"`
+	CredsFile string `json:"credsFile,omitempty"`
+	NKeyFile  string `json:"nkeyFile,omitempty"`
+	TLS       *TLS   `json:"tls,omitempty"`
+}
+
+// NATS publishes with core NATS: fire and forget, at most once.
+type NATS struct {
+	NATSConn `json:",inline"`
+}
+
+// JetStream publishes to a JetStream stream and waits for its
+// acknowledgement: at least once.
+type JetStream struct {
+	NATSConn `json:",inline"`
+	// Stream that must capture the route's subjects; checked at start. When
+	// empty, any stream capturing the subjects will do.
+	Stream string `json:"stream,omitempty"`
+}
+
+// Kafka publishes with acks from all in-sync replicas.
+type Kafka struct {
+	Brokers []string `json:"brokers"`
+	TLS     *TLS     `json:"tls,omitempty"`
+	SASL    *SASL    `json:"sasl,omitempty"`
+	// BatchTimeout bounds how long a record waits for others to share its
+	// batch. Defaults to 10ms.
+	BatchTimeout metav1.Duration `json:"batchTimeout,omitempty"`
+}
+
+// SASL authentication for Kafka.
+type SASL struct {
+	// Mechanism is PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512.
+	Mechanism string `json:"mechanism"`
+	Username  string `json:"username"`
+	Password  string `json:"password"`
+}
+
+// HTTP posts each event to URL; any 2xx is the acknowledgement.
+type HTTP struct {
+	URL string `json:"url"`
+	// Timeout of one attempt. Defaults to 10s.
+	Timeout metav1.Duration   `json:"timeout,omitempty"`
+	Headers map[string]string `json:"headers,omitempty"`
+	TLS     *TLS              `json:"tls,omitempty"`
+}
+
+// Stdout writes one JSON event per line, for debugging.
+type Stdout struct{}
+
+// TLS client settings.
+type TLS struct {
+	CAFile             string `json:"caFile,omitempty"`
+	CertFile           string `json:"certFile,omitempty"`
+	KeyFile            string `json:"keyFile,omitempty"`
+	ServerName         string `json:"serverName,omitempty"`
+	InsecureSkipVerify bool   `json:"insecureSkipVerify,omitempty"`
+}
+
+// Route says where and how events are published.
+type Route struct {
+	Name string `json:"name"`
+	// Sink is the name of a sink.
+	Sink string `json:"sink"`
+	// Subject is a text/template over the watcher (.Group, .Version, .Kind,
+	// .Namespace, .Name) giving the NATS subject or Kafka topic; ignored by
+	// HTTP and stdout. Defaults to
+	// "depbridge.reconcile.{{.Kind}}.{{.Namespace}}.{{.Name}}".
+	Subject string `json:"subject,omitempty"`
+	// Mode is the CloudEvents content mode: "binary" (default) or
+	// "structured".
+	Mode string `json:"mode,omitempty"`
+	// IncludeObjects adds the watched objects, from the cache, to each event.
+	IncludeObjects bool `json:"includeObjects,omitempty"`
+	// IncludeSecretData keeps Secret data and stringData in included
+	// objects; without it they are removed.
+	IncludeSecretData bool `json:"includeSecretData,omitempty"`
+}
+
+// Subscription is a watcher, what it depends on, and where its reconcile
+// requests go.
+type Subscription struct {
+	Watcher cache.Ref   `json:"watcher"`
+	Watched []cache.Ref `json:"watched"`
+	// Route is the name of a route. Defaults to "default".
+	Route string `json:"route,omitempty"`
+	// InitialReconcile sends a request when the watcher starts to depend on
+	// objects that exist. Defaults to true.
+	InitialReconcile *bool `json:"initialReconcile,omitempty"`
+	// Debounce holds a watcher's request this long after a change, so that a
+	// burst of changes makes one request. Defaults to 0.
+	Debounce metav1.Duration `json:"debounce,omitempty"`
+}
+
+// Control is the run-time subscription channel.
+type Control struct {
+	// Sink is the name of a jetstream or kafka sink whose connection carries
+	// the control channel.
+	Sink string `json:"sink"`
+	// Subject is the NATS subject prefix or Kafka topic of control
+	// messages. Defaults to "depbridge.control".
+	Subject string `json:"subject,omitempty"`
+	// Route is used by subscriptions made on the control channel that name
+	// none. Defaults to "default".
+	Route string `json:"route,omitempty"`
+	// MaxMessageBytes rejects larger control messages. Defaults to 65536.
+	MaxMessageBytes int `json:"maxMessageBytes,omitempty"`
+	// Policy says what the control channel may subscribe to.
+	Policy Policy `json:"policy,omitempty"`
+}
+
+// Policy limits control-channel subscriptions and queries. With no rules,
+// nothing is allowed.
+type Policy struct {
+	Allow []PolicyRule `json:"allow,omitempty"`
+	// AllowSecrets permits Secrets; without it they are denied even when a
+	// rule matches them.
+	AllowSecrets bool `json:"allowSecrets,omitempty"`
+}
+
+// PolicyRule allows kinds in namespaces. An empty list, or "*", means any.
+type PolicyRule struct {
+	Groups     []string `json:"groups,omitempty"`
+	Kinds      []string `json:"kinds,omitempty"`
+	Namespaces []string `json:"namespaces,omitempty"`
+}
+
+// Engine tunes the watch engine.
+type Engine struct {
+	// Workers reconcile different watchers concurrently. Defaults to 4.
+	Workers int `json:"workers,omitempty"`
+}
