@@ -24,7 +24,7 @@ BENCH        ?= .
 VERSION      ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS      := -X github.com/depbridge/depbridge/internal/version.Version=$(VERSION)
 
-.PHONY: all build test test-unit bench lint fmt fuzz demo k8s-binaries clean help
+.PHONY: all build test bench lint fmt fuzz demo k8s-binaries clean help
 
 all: build
 
@@ -41,10 +41,6 @@ k8s-binaries:
 
 test: k8s-binaries
 	$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) $(TEST_FLAGS) ./...
-
-# test-unit runs the tests that need no control plane or broker.
-test-unit:
-	$(GO) test -race -count=1 -short $(TEST_FLAGS) ./...
 
 bench: k8s-binaries
 	$(GO) test -run '^$$' -bench '$(BENCH)' -benchtime 1x -count 1 -timeout 60m ./... | $(GO) run ./hack/benchtable

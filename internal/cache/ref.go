@@ -6,6 +6,7 @@ import (
 
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/selection"
 )
 
 // Everything is the selector of a Ref that selects every object of its kind in
@@ -63,6 +64,8 @@ func (r Ref) Canonical() (Ref, error) {
 }
 
 // ParseSelector parses a label selector in kubectl syntax, or Everything.
+// Unlike kubectl it rejects "key!=" with no value, an incomplete
+// expression (write "!key" or "key" for absence or presence).
 func ParseSelector(s string) (labels.Selector, error) {
 	if strings.TrimSpace(s) == Everything {
 		return labels.Everything(), nil
@@ -70,6 +73,12 @@ func ParseSelector(s string) (labels.Selector, error) {
 	sel, err := labels.Parse(s)
 	if err != nil {
 		return nil, fmt.Errorf("selector %q: %w", s, err)
+	}
+	reqs, _ := sel.Requirements()
+	for _, r := range reqs {
+		if r.Operator() == selection.NotEquals && r.Values().Has("") {
+			return nil, fmt.Errorf("selector %q: %q has no value after \"!=\"", s, r.Key())
+		}
 	}
 	return sel, nil
 }

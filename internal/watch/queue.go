@@ -1,0 +1,258 @@
+package watch
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"runtime/debug"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/util/workqueue"
+
+	"github.com/depbridge/depbridge/internal/cache"
+)
+
+// queue is the reconcile queue: client-go's rate-limited workqueue keyed by
+// watcher, plus the causes each queued watcher accumulated. The workqueue
+// never hands the same key to two workers at once, so a watcher is never
+// reconciled concurrently, and adding a key that is already queued
+// coalesces.
+type queue struct {
+	wq        workqueue.TypedRateLimitingInterface[cache.Ref]
+	limiter   workqueue.TypedRateLimiter[cache.Ref]
+	maxCauses int
+
+	inflight atomic.Int32 // requests being reconciled
+
+	mu      sync.Mutex
+	closed  bool
+	pending map[cache.Ref]*pendingRequest
+}
+
+type pendingRequest struct {
+	causes    []Cause
+	at        map[causeKey]int // index into causes
+	truncated int
+	enqueued  time.Time
+}
+
+// causeKey: later causes for the same object through the same Ref update
+// the earlier one instead of piling up. A recreated object (new UID) gets a
+// cause of its own.
+type causeKey struct {
+	watched   cache.Ref
+	namespace string
+	name      string
+	uid       types.UID
+	op        Op // only distinguishes OpLost, which has no object
+}
+
+func newQueue(limiter workqueue.TypedRateLimiter[cache.Ref], maxCauses int) *queue {
+	return &queue{
+		wq: workqueue.NewTypedRateLimitingQueueWithConfig(limiter,
+			workqueue.TypedRateLimitingQueueConfig[cache.Ref]{Name: "depbridge_reconcile"}),
+		limiter:   limiter,
+		maxCauses: maxCauses,
+		pending:   map[cache.Ref]*pendingRequest{},
+	}
+}
+
+// add records c for watcher w and queues w, after delay if positive.
+// Never blocks.
+func (q *queue) add(w cache.Ref, c Cause, delay time.Duration) {
+	q.mu.Lock()
+	if q.closed {
+		q.mu.Unlock()
+		return
+	}
+	p := q.request(w)
+	p.merge(c, q.maxCauses)
+	q.mu.Unlock()
+	if delay > 0 {
+		q.wq.AddAfter(w, delay)
+	} else {
+		q.wq.Add(w)
+	}
+}
+
+func (q *queue) request(w cache.Ref) *pendingRequest {
+	p := q.pending[w]
+	if p == nil {
+		p = &pendingRequest{at: map[causeKey]int{}, enqueued: time.Now()}
+		q.pending[w] = p
+	}
+	return p
+}
+
+func (p *pendingRequest) merge(c Cause, maxCauses int) {
+	k := causeKey{watched: c.Watched, namespace: c.Namespace, name: c.Name, uid: c.UID}
+	if c.Op == OpLost {
+		k.op = OpLost
+	}
+	if i, ok := p.at[k]; ok {
+		p.causes[i] = mergeCause(p.causes[i], c)
+		return
+	}
+	if len(p.causes) >= maxCauses {
+		p.truncated++
+		return
+	}
+	p.at[k] = len(p.causes)
+	p.causes = append(p.causes, c)
+}
+
+// mergeCause folds a later cause for the same object into an earlier one:
+// the later state wins, but a modification does not hide that the object
+// was new to the watcher (added, entered, initial).
+func mergeCause(earlier, later Cause) Cause {
+	if later.Op == OpModified {
+		switch earlier.Op {
+		case OpAdded, OpEntered, OpInitial:
+			later.Op = earlier.Op
+		}
+	}
+	return later
+}
+
+// take removes and returns the request of w; ok is false after shutdown.
+func (q *queue) take(w cache.Ref) (Request, bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.closed {
+		return Request{}, false
+	}
+	req := Request{Watcher: w}
+	if p := q.pending[w]; p != nil {
+		req.Causes, req.Truncated, req.Enqueued = p.causes, p.truncated, p.enqueued
+		delete(q.pending, w)
+	} else {
+		req.Enqueued = time.Now()
+	}
+	return req, true
+}
+
+// restore puts back the causes of a failed request, before any that came
+// in since.
+func (q *queue) restore(req Request, maxCauses int) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	newer := q.pending[req.Watcher]
+	p := &pendingRequest{at: map[causeKey]int{}, enqueued: req.Enqueued, truncated: req.Truncated}
+	for _, c := range req.Causes {
+		p.merge(c, maxCauses)
+	}
+	if newer != nil {
+		for _, c := range newer.causes {
+			p.merge(c, maxCauses)
+		}
+		p.truncated += newer.truncated
+	}
+	q.pending[req.Watcher] = p
+}
+
+// depth is how many watchers wait and for how long the oldest has.
+func (q *queue) depth() (int, time.Duration) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	var oldest time.Time
+	for _, p := range q.pending {
+		if oldest.IsZero() || p.enqueued.Before(oldest) {
+			oldest = p.enqueued
+		}
+	}
+	if oldest.IsZero() {
+		return len(q.pending), 0
+	}
+	return len(q.pending), time.Since(oldest)
+}
+
+// idle reports whether nothing is queued, waiting or being reconciled
+// (retries scheduled for later do not count).
+func (q *queue) idle() bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return len(q.pending) == 0 && q.wq.Len() == 0 && q.inflight.Load() == 0
+}
+
+// shutdown stops handing out work; requests still pending stay recorded
+// for undelivered.
+func (q *queue) shutdown() {
+	q.mu.Lock()
+	q.closed = true
+	q.mu.Unlock()
+	q.wq.ShutDown()
+}
+
+// undelivered lists, after shutdown, the watchers whose requests were not
+// acknowledged, sorted by key.
+func (q *queue) undelivered() []cache.Ref {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	var out []cache.Ref
+	for w := range q.pending {
+		out = append(out, w)
+	}
+	slices.SortFunc(out, func(a, b cache.Ref) int { return cmp.Compare(a.Key(), b.Key()) })
+	return out
+}
+
+// work is one worker: the canonical workqueue loop.
+func (e *Engine) work(ctx context.Context) {
+	q := e.queue
+	for {
+		w, shutdown := q.wq.Get()
+		if shutdown {
+			return
+		}
+		q.inflight.Add(1)
+		e.process(ctx, w)
+		q.wq.Done(w)
+		q.inflight.Add(-1)
+	}
+}
+
+func (e *Engine) process(ctx context.Context, w cache.Ref) {
+	q := e.queue
+	req, ok := q.take(w)
+	if !ok {
+		return
+	}
+	res, err := e.reconcile(ctx, req)
+	switch {
+	case err != nil && errors.Is(err, ErrTerminal):
+		q.wq.Forget(w)
+		e.log.Error("reconcile failed; not retrying", "watcher", w.Key(), "error", err)
+	case err != nil:
+		q.restore(req, e.opts.MaxCauses)
+		delay := q.limiter.When(w)
+		var ra RetryAfter
+		if errors.As(err, &ra) {
+			if d, ok := ra.RetryAfter(); ok && d > delay {
+				delay = d
+			}
+		}
+		q.wq.AddAfter(w, delay)
+		e.log.Warn("reconcile failed; retrying", "watcher", w.Key(), "retry_in", delay, "attempt", q.limiter.NumRequeues(w), "error", err)
+	case res.RequeueAfter > 0:
+		q.wq.Forget(w)
+		q.wq.AddAfter(w, res.RequeueAfter)
+	default:
+		q.wq.Forget(w)
+	}
+}
+
+// reconcile calls the Reconciler, turning a panic into an error.
+func (e *Engine) reconcile(ctx context.Context, req Request) (res Result, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			e.log.Error("reconcile panicked", "watcher", req.Watcher.Key(), "panic", r, "stack", string(debug.Stack()))
+			err = fmt.Errorf("reconcile of %s panicked: %v", req.Watcher.Key(), r)
+		}
+	}()
+	return e.rec.Reconcile(ctx, req)
+}

@@ -1,0 +1,471 @@
+package watch
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+
+	"github.com/depbridge/depbridge/internal/cache"
+)
+
+// AddWatcher adds dependencies to watcher (registering it if new, with
+// default options), keeping the ones it has. It returns once every new
+// dependency is being watched: its list+watch is established, or its kind
+// is not served yet and the watch waits, visibly pending, for its CRD. On
+// any error nothing changes. Requires a running engine and no open batch
+// for watcher.
+func (e *Engine) AddWatcher(ctx context.Context, watcher cache.Ref, watched ...cache.Ref) error {
+	if len(watched) == 0 {
+		return fmt.Errorf("%w: add watcher %s: no watched objects", ErrInvalidInput, watcher)
+	}
+	_, err := e.register(ctx, watcher, watched, nil, false, nil)
+	return err
+}
+
+// Subscribe adds watcher, or replaces its options and whole set of
+// dependencies, with the semantics of AddWatcher. Dependencies it had and
+// keeps are not disturbed (no initial reconcile, no gap); ones it loses are
+// dropped without a reconcile. On any error the previous subscription
+// stays.
+func (e *Engine) Subscribe(ctx context.Context, s Subscription) error {
+	if len(s.Watched) == 0 {
+		return fmt.Errorf("%w: subscribe %s: no watched objects (use RemoveWatcher)", ErrInvalidInput, s.Watcher)
+	}
+	_, err := e.register(ctx, s.Watcher, s.Watched, &s.Options, true, nil)
+	return err
+}
+
+// RemoveWatcher drops watcher and all its dependencies, without a
+// reconcile. Watches no other watcher needs stop before it returns; it never
+// waits on the API server. Removing an unknown watcher does nothing.
+func (e *Engine) RemoveWatcher(watcher cache.Ref) error {
+	watcher, err := watcher.Canonical()
+	if err != nil {
+		return fmt.Errorf("remove watcher: %w", err)
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if err := e.checkRunningLocked(); err != nil {
+		return err
+	}
+	ws := e.watchers[watcher]
+	if ws == nil {
+		return nil
+	}
+	if ws.batch != nil {
+		return fmt.Errorf("%w: remove watcher %s", ErrBatchInProgress, watcher)
+	}
+	kinds := map[*kindState]bool{}
+	for _, p := range ws.pairs {
+		if p.r.kind != nil {
+			kinds[p.r.kind] = true
+		}
+		e.removePairLocked(p)
+	}
+	delete(e.watchers, watcher)
+	for k := range kinds {
+		e.planLocked(k)
+	}
+	return nil
+}
+
+// resolved is a watched Ref with what discovery says of its kind.
+type resolved struct {
+	ref     cache.Ref
+	res     cache.Resource
+	pending bool
+}
+
+// register is AddWatcher, Subscribe, Query, and the batch's Get and List.
+// It returns the watched Refs as registered (namespace cleared for
+// cluster-scoped kinds) with their resources.
+func (e *Engine) register(ctx context.Context, watcher cache.Ref, watched []cache.Ref, opts *WatcherOptions, replace bool, batch *Batch) ([]resolved, error) {
+	e.mu.Lock()
+	err := e.checkRunningLocked()
+	e.mu.Unlock()
+	if err != nil {
+		return nil, err
+	}
+	watcher, err = watcher.Canonical()
+	if err != nil {
+		return nil, fmt.Errorf("watcher: %w", err)
+	}
+	refs := make([]cache.Ref, 0, len(watched))
+	for i, r := range watched {
+		c, err := r.Canonical()
+		if err != nil {
+			return nil, fmt.Errorf("watched[%d]: %w", i, err)
+		}
+		refs = append(refs, c)
+	}
+	if opts != nil && opts.Debounce < 0 {
+		return nil, fmt.Errorf("%w: watcher %s: negative debounce %s", ErrInvalidInput, watcher, opts.Debounce)
+	}
+	// Discovery happens before the lock is taken, and before anything
+	// changes, so that a bad kind changes nothing.
+	rs, err := e.resolveAll(ctx, refs)
+	if err != nil {
+		return nil, err
+	}
+
+	e.mu.Lock()
+	if err := e.checkRunningLocked(); err != nil {
+		e.mu.Unlock()
+		return nil, err
+	}
+	ws := e.watchers[watcher]
+	if ws != nil && ws.batch != nil && ws.batch != batch {
+		e.mu.Unlock()
+		return nil, fmt.Errorf("%w: %s", ErrBatchInProgress, watcher)
+	}
+	created := ws == nil
+	if created {
+		ws = &watcherState{ref: watcher, pairs: map[*refState]*pair{}}
+		ws.opts.NoInitial = e.opts.DisableInitialReconcile
+		e.watchers[watcher] = ws
+	}
+	prevOpts := ws.opts
+	if opts != nil {
+		e.setOptionsLocked(ws, *opts)
+	}
+	if batch != nil && !ws.opts.Objects {
+		e.setOptionsLocked(ws, WatcherOptions{NoInitial: ws.opts.NoInitial, Objects: true, Debounce: ws.opts.Debounce})
+	}
+	var added []*pair
+	keep := map[*refState]bool{}
+	kinds := map[*kindState]bool{}
+	for _, r := range rs {
+		st := e.refLocked(r)
+		keep[st] = true
+		if st.kind != nil {
+			kinds[st.kind] = true
+		}
+		if ws.pairs[st] != nil {
+			continue
+		}
+		added = append(added, e.addPairLocked(ws, st))
+	}
+	for k := range kinds {
+		e.planLocked(k)
+	}
+	e.mu.Unlock()
+
+	err = e.waitReady(ctx, added)
+
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if err == nil {
+		err = e.checkRunningLocked()
+	}
+	if err != nil {
+		// Roll back: drop what this call added, restore the options.
+		kinds := map[*kindState]bool{}
+		for _, p := range added {
+			if ws.pairs[p.r] == p {
+				if p.r.kind != nil {
+					kinds[p.r.kind] = true
+				}
+				e.removePairLocked(p)
+			}
+		}
+		if e.watchers[watcher] == ws {
+			e.setOptionsLocked(ws, prevOpts)
+			if created && len(ws.pairs) == 0 && ws.batch == nil {
+				delete(e.watchers, watcher)
+			}
+		}
+		for k := range kinds {
+			e.planLocked(k)
+		}
+		return nil, err
+	}
+	for _, p := range added {
+		p.confirmed = true
+		if !p.waitInitial {
+			e.initialLocked(p)
+		}
+	}
+	if replace {
+		kinds := map[*kindState]bool{}
+		for st, p := range ws.pairs {
+			if !keep[st] {
+				if st.kind != nil {
+					kinds[st.kind] = true
+				}
+				e.removePairLocked(p)
+			}
+		}
+		for k := range kinds {
+			e.planLocked(k)
+		}
+	}
+	return rs, nil
+}
+
+// resolveAll maps each Ref's kind to its resource. A kind that is not
+// served is accepted as pending if a CRD could define it later (its group
+// has a dot), and is an error otherwise.
+func (e *Engine) resolveAll(ctx context.Context, refs []cache.Ref) ([]resolved, error) {
+	byGVK := map[schema.GroupVersionKind]resolved{}
+	out := make([]resolved, 0, len(refs))
+	for _, r := range refs {
+		gvk := r.GroupVersionKind()
+		rv, ok := byGVK[gvk]
+		if !ok {
+			res, err := e.mapper.Resource(ctx, gvk)
+			switch {
+			case err == nil:
+				rv = resolved{res: res}
+			case errors.Is(err, ErrNoVersionedResource) && strings.Contains(r.Group, "."):
+				rv = resolved{pending: true}
+			default:
+				return nil, fmt.Errorf("watch %s: %w", r, err)
+			}
+			byGVK[gvk] = rv
+		}
+		rv.ref = r
+		if !rv.pending && !rv.res.Namespaced {
+			rv.ref.Namespace = ""
+		}
+		out = append(out, rv)
+	}
+	return out, nil
+}
+
+// refLocked returns the state of a watched Ref, creating it (attached to its
+// kind, or pending) if new.
+func (e *Engine) refLocked(r resolved) *refState {
+	if st := e.refs[r.ref]; st != nil {
+		return st
+	}
+	st := &refState{ref: r.ref, gvk: r.ref.GroupVersionKind(), pairs: map[*watcherState]*pair{}}
+	if r.ref.Selector != "" {
+		st.sel, _ = cache.ParseSelector(r.ref.Selector) // canonical: parses
+	}
+	e.refs[r.ref] = st
+	if r.pending {
+		e.addPendingLocked(st)
+	} else {
+		e.attachLocked(st, r.res)
+	}
+	return st
+}
+
+// attachLocked adds a ref to its kind's index and counts.
+func (e *Engine) attachLocked(st *refState, res cache.Resource) {
+	k := e.kinds[res.GroupVersionResource]
+	if k == nil {
+		k = &kindState{res: res, gvk: st.gvk, refs: map[*refState]struct{}{}, index: newIndex(),
+			nsRefs: map[string]int{}, sources: map[string]*source{}}
+		e.kinds[res.GroupVersionResource] = k
+	}
+	st.kind = k
+	k.refs[st] = struct{}{}
+	k.index.add(st)
+	k.nsRefs[st.ref.Namespace]++
+	if st.ref.Namespace == "" && res.Namespaced {
+		// A new cluster-wide need: try cluster-wide access again.
+		k.clusterForbidden = false
+	}
+	for _, p := range st.pairs {
+		if p.bodies {
+			k.bodyPairs++
+		}
+	}
+}
+
+// detachLocked removes a ref from its kind (which the caller replans).
+func (e *Engine) detachLocked(st *refState) {
+	k := st.kind
+	if k == nil {
+		return
+	}
+	delete(k.refs, st)
+	k.index.remove(st)
+	if k.nsRefs[st.ref.Namespace]--; k.nsRefs[st.ref.Namespace] <= 0 {
+		delete(k.nsRefs, st.ref.Namespace)
+	}
+	for _, p := range st.pairs {
+		if p.bodies {
+			k.bodyPairs--
+		}
+	}
+	st.kind = nil
+}
+
+func (e *Engine) addPairLocked(ws *watcherState, st *refState) *pair {
+	p := &pair{w: ws, r: st, bodies: ws.opts.Objects}
+	// Not listed yet: the initial reconcile waits for the list.
+	p.waitInitial = st.kind == nil || !e.store.Covered(st.kind.res.GroupVersionResource, st.ref.Namespace)
+	ws.pairs[st] = p
+	st.pairs[ws] = p
+	if p.bodies && st.kind != nil {
+		st.kind.bodyPairs++
+	}
+	return p
+}
+
+// removePairLocked drops a dependency; the ref goes when no watcher needs
+// it. The caller replans the kind.
+func (e *Engine) removePairLocked(p *pair) {
+	st := p.r
+	if st.pairs[p.w] != p {
+		return
+	}
+	delete(st.pairs, p.w)
+	delete(p.w.pairs, st)
+	if p.bodies && st.kind != nil {
+		st.kind.bodyPairs--
+	}
+	if len(st.pairs) > 0 {
+		return
+	}
+	if e.refs[st.ref] == st {
+		delete(e.refs, st.ref)
+	}
+	if st.kind != nil {
+		e.detachLocked(st)
+	} else {
+		e.removePendingLocked(st)
+	}
+}
+
+// setOptionsLocked changes a watcher's options, keeping body counts right.
+func (e *Engine) setOptionsLocked(ws *watcherState, opts WatcherOptions) {
+	if ws.opts.Objects != opts.Objects {
+		kinds := map[*kindState]bool{}
+		for _, p := range ws.pairs {
+			if k := p.r.kind; k != nil {
+				if p.bodies {
+					k.bodyPairs--
+				}
+				if opts.Objects {
+					k.bodyPairs++
+				}
+				kinds[k] = true
+			}
+			p.bodies = opts.Objects
+		}
+		ws.opts = opts
+		for k := range kinds {
+			e.planLocked(k)
+		}
+	}
+	ws.opts = opts
+}
+
+// waitReady waits until each pair's ref is watched: a ready source covers
+// it, or its kind is pending. A ref dropped by a terminal failure returns
+// that failure.
+func (e *Engine) waitReady(ctx context.Context, pairs []*pair) error {
+	for {
+		e.mu.Lock()
+		if err := e.checkRunningLocked(); err != nil {
+			e.mu.Unlock()
+			return err
+		}
+		done := true
+		var err error
+		for _, p := range pairs {
+			if p.r.err != nil {
+				err = p.r.err
+				break
+			}
+			if !e.refReadyLocked(p.r) {
+				done = false
+			}
+		}
+		ch := e.changed
+		e.mu.Unlock()
+		if err != nil {
+			return err
+		}
+		if done {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for the watch to start: %w", ctx.Err())
+		}
+	}
+}
+
+func (e *Engine) refReadyLocked(st *refState) bool {
+	if st.kind == nil {
+		return true // pending: accepted
+	}
+	s := st.kind.coveringSource(st.ref.Namespace)
+	return s != nil && s.ready
+}
+
+// coveringSource is the source whose list+watch includes namespace, if any.
+func (k *kindState) coveringSource(namespace string) *source {
+	if s := k.sources[""]; s != nil {
+		return s
+	}
+	if namespace == "" {
+		return nil
+	}
+	return k.sources[namespace]
+}
+
+// initialLocked sends pair p its initial reconcile: one cause per stored
+// object its ref matches, or nothing if none does or initial reconciles are
+// off for the watcher.
+func (e *Engine) initialLocked(p *pair) {
+	p.waitInitial = false
+	st := p.r
+	if p.w.opts.NoInitial || st.kind == nil {
+		return
+	}
+	gvr := st.kind.res.GroupVersionResource
+	e.store.Each(gvr, st.ref.Namespace, func(o *cache.Object) bool {
+		if st.sel == nil && o.Name != st.ref.Name {
+			return true
+		}
+		if st.sel != nil && !st.sel.Matches(o.Labels) {
+			return true
+		}
+		e.enqueueLocked(p.w, Cause{Watched: st.ref, Namespace: o.Namespace, Name: o.Name, UID: o.UID,
+			ResourceVersion: o.ResourceVersion, Op: OpInitial})
+		return true
+	})
+}
+
+func (e *Engine) enqueueLocked(ws *watcherState, c Cause) {
+	e.queue.add(ws.ref, c, ws.opts.Debounce)
+}
+
+// dropRefLocked removes a ref from every watcher because it cannot be
+// watched (access revoked, unwatchable). Watchers whose registration had
+// completed get one OpLost reconcile; callers still waiting get err.
+func (e *Engine) dropRefLocked(st *refState, err error) {
+	st.err = err
+	for _, p := range st.pairs {
+		if p.confirmed {
+			e.enqueueLocked(p.w, Cause{Watched: st.ref, Op: OpLost, Reason: err.Error()})
+		}
+		e.removePairLocked(p)
+		if len(p.w.pairs) == 0 && p.w.batch == nil && e.watchers[p.w.ref] == p.w && p.confirmed {
+			delete(e.watchers, p.w.ref)
+		}
+	}
+}
+
+// permissionHint wraps a forbidden or unauthorized error with what to do;
+// apierrors.IsForbidden still holds for the result.
+func permissionHint(gvr schema.GroupVersionResource, namespace string, err error) error {
+	if apierrors.IsForbidden(err) || apierrors.IsUnauthorized(err) {
+		where := "in all namespaces"
+		if namespace != "" {
+			where = "in namespace " + namespace
+		}
+		return fmt.Errorf("list and watch %s %s (ensure the bridge may list and watch it): %w", gvr.GroupResource(), where, err)
+	}
+	return fmt.Errorf("list and watch %s: %w", gvr.GroupResource(), err)
+}
