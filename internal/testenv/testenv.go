@@ -74,8 +74,11 @@ func Start() (*Env, error) {
 	// A fixed certificate directory survives RestartAPIServer, so clients
 	// keep trusting the restarted server.
 	api.CertDir = certDir
-	// Needs no network interface but loopback.
-	api.Configure().Set("advertise-address", "127.0.0.1").Set("endpoint-reconciler-type", "none")
+	// Needs no network interface but loopback. Without a watch termination
+	// grace period, a SIGTERMed kube-apiserver waits more than a minute for
+	// open watches to end, and StopAPIServer times out.
+	api.Configure().Set("advertise-address", "127.0.0.1").Set("endpoint-reconciler-type", "none").
+		Set("shutdown-watch-termination-grace-period", "2s")
 	cfg, err := env.Start()
 	if err != nil {
 		_ = os.RemoveAll(certDir)

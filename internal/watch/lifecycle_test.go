@@ -60,13 +60,15 @@ func TestInvalidInput(t *testing.T) {
 	ctx := ctxT(t)
 	good := cmRef("default", "x")
 	tests := map[string]func() error{
-		"empty watcher":            func() error { return e.AddWatcher(ctx, cache.Ref{}, good) },
-		"empty watched":            func() error { return e.AddWatcher(ctx, watcher("w"), cache.Ref{}) },
-		"no watched":               func() error { return e.AddWatcher(ctx, watcher("w")) },
-		"subscribe none":           func() error { return e.Subscribe(ctx, Subscription{Watcher: watcher("w")}) },
-		"remove empty":             func() error { return e.RemoveWatcher(cache.Ref{}) },
-		"bad selector":             func() error { return e.AddWatcher(ctx, watcher("w"), cmSel("default", "something-random!=")) },
-		"name and selector":        func() error { return e.AddWatcher(ctx, watcher("w"), cache.Ref{Version: "v1", Kind: "ConfigMap", Name: "a", Selector: "a=b"}) },
+		"empty watcher":  func() error { return e.AddWatcher(ctx, cache.Ref{}, good) },
+		"empty watched":  func() error { return e.AddWatcher(ctx, watcher("w"), cache.Ref{}) },
+		"no watched":     func() error { return e.AddWatcher(ctx, watcher("w")) },
+		"subscribe none": func() error { return e.Subscribe(ctx, Subscription{Watcher: watcher("w")}) },
+		"remove empty":   func() error { return e.RemoveWatcher(cache.Ref{}) },
+		"bad selector":   func() error { return e.AddWatcher(ctx, watcher("w"), cmSel("default", "something-random!=")) },
+		"name and selector": func() error {
+			return e.AddWatcher(ctx, watcher("w"), cache.Ref{Version: "v1", Kind: "ConfigMap", Name: "a", Selector: "a=b"})
+		},
 		"second of two is invalid": func() error { return e.AddWatcher(ctx, watcher("w"), good, cache.Ref{Version: "v1", Name: "x"}) },
 		"negative debounce": func() error {
 			return e.Subscribe(ctx, Subscription{Watcher: watcher("w"), Watched: []cache.Ref{good}, Options: WatcherOptions{Debounce: -time.Second}})

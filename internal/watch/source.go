@@ -92,8 +92,17 @@ func (s *source) run(ctx context.Context) {
 		name += " in " + s.ns
 	}
 	r := toolscache.NewReflectorWithOptions(&listWatch{s: s}, expected, s, toolscache.ReflectorOptions{Name: name})
+	// A stream that breaks mid-event surfaces as an internal error; without
+	// this the Reflector relists at once. With it, it resumes watching from
+	// the last resourceVersion, and relists only if that fails for this long
+	// or the server answers 410 Gone.
+	r.MaxInternalErrorRetryDuration = resumeFor
 	r.RunWithContext(ctx)
 }
+
+// resumeFor is how long a source keeps resuming a broken watch before it
+// relists.
+const resumeFor = 5 * time.Minute
 
 // listWatch lists and watches for a source, telling the engine how each
 // request went: the Reflector itself retries everything forever, so this is
