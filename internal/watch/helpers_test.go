@@ -66,7 +66,6 @@ type recorder struct {
 	total    int
 	changed  chan struct{}
 	fn       func(req Request, n int) (Result, error)
-	hold     time.Duration
 }
 
 func newRecorder() *recorder {
@@ -82,13 +81,10 @@ func (r *recorder) Reconcile(_ context.Context, req Request) (Result, error) {
 	r.calls[req.Watcher] = append(r.calls[req.Watcher], req)
 	r.total++
 	n := len(r.calls[req.Watcher])
-	fn, hold := r.fn, r.hold
+	fn := r.fn
 	close(r.changed)
 	r.changed = make(chan struct{})
 	r.mu.Unlock()
-	if hold > 0 {
-		time.Sleep(hold)
-	}
 	defer func() {
 		r.mu.Lock()
 		r.inflight[req.Watcher]--
