@@ -47,9 +47,13 @@ EOM
 trap 'rc=$?; rm -rf "$WORK"; [ $rc -eq 0 ] || fail; exit $rc' EXIT
 
 # have BINARY EXPECTED-SUBSTRING [VERSION-ARGS...]
+# (The output is captured before matching: with pipefail, `| grep -q` can
+# fail the check with SIGPIPE when grep exits before the binary is done.)
 have() {
-  local b=$1 want=$2; shift 2
-  [ -x "$OUT/$b" ] && "$OUT/$b" "${@:---version}" 2>/dev/null | grep -qF "$want"
+  local b=$1 want=$2 out; shift 2
+  [ -x "$OUT/$b" ] || return 1
+  out=$("$OUT/$b" "${@:---version}" 2>/dev/null) || true
+  [[ "$out" == *"$want"* ]]
 }
 
 # scratch module that pins the dependency and lists the binaries as tools
@@ -121,6 +125,6 @@ else
 fi
 
 "$OUT/kube-apiserver" --version
-"$OUT/etcd" --version | head -1
-[ ! -x "$OUT/kubectl" ] || "$OUT/kubectl" version --client 2>/dev/null | head -1
+v=$("$OUT/etcd" --version); echo "${v%%$'\n'*}"
+if [ -x "$OUT/kubectl" ]; then v=$("$OUT/kubectl" version --client 2>/dev/null || true); echo "${v%%$'\n'*}"; fi
 echo "KUBEBUILDER_ASSETS=$OUT"

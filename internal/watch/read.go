@@ -79,15 +79,12 @@ func (e *Engine) ListWatched(watcher cache.Ref) ([]*unstructured.Unstructured, e
 		if k == nil {
 			continue
 		}
-		e.store.Each(k.res.GroupVersionResource, st.ref.Namespace, func(o *cache.Object) bool {
-			if (st.sel == nil && o.Name == st.ref.Name) || (st.sel != nil && st.sel.Matches(o.Labels)) {
-				key := [3]string{k.res.GroupVersionResource.String(), o.Namespace, o.Name}
-				if !seen[key] {
-					seen[key] = true
-					all = append(all, found{k, o})
-				}
+		e.eachMatch(st, func(o *cache.Object) {
+			key := [3]string{k.res.GroupVersionResource.String(), o.Namespace, o.Name}
+			if !seen[key] {
+				seen[key] = true
+				all = append(all, found{k, o})
 			}
-			return true
 		})
 	}
 	slices.SortFunc(all, func(a, b found) int {

@@ -423,16 +423,27 @@ func (e *Engine) initialLocked(p *pair) {
 	if p.w.opts.NoInitial || st.kind == nil {
 		return
 	}
-	gvr := st.kind.res.GroupVersionResource
-	e.store.Each(gvr, st.ref.Namespace, func(o *cache.Object) bool {
-		if st.sel == nil && o.Name != st.ref.Name {
-			return true
-		}
-		if st.sel != nil && !st.sel.Matches(o.Labels) {
-			return true
-		}
+	e.eachMatch(st, func(o *cache.Object) {
 		e.enqueueLocked(p.w, Cause{Watched: st.ref, Namespace: o.Namespace, Name: o.Name, UID: o.UID,
 			ResourceVersion: o.ResourceVersion, Op: OpInitial})
+	})
+}
+
+// eachMatch calls fn for every stored object a ref of a served kind
+// matches: one lookup for a name in a namespace, else a scan of the
+// namespace (or of all of them).
+func (e *Engine) eachMatch(st *refState, fn func(*cache.Object)) {
+	gvr := st.kind.res.GroupVersionResource
+	if st.sel == nil && st.ref.Namespace != "" {
+		if o := e.store.Lookup(gvr, st.ref.Namespace, st.ref.Name); o != nil {
+			fn(o)
+		}
+		return
+	}
+	e.store.Each(gvr, st.ref.Namespace, func(o *cache.Object) bool {
+		if (st.sel == nil && o.Name == st.ref.Name) || (st.sel != nil && st.sel.Matches(o.Labels)) {
+			fn(o)
+		}
 		return true
 	})
 }
