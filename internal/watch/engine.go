@@ -58,6 +58,9 @@ type Options struct {
 	PendingRetry time.Duration
 	// Mapper tunes discovery caching.
 	Mapper cache.MapperOptions
+	// QueueMetrics receives the reconcile queue's workqueue metrics.
+	// Defaults to none.
+	QueueMetrics workqueue.MetricsProvider
 }
 
 // WatcherOptions are a watcher's settings.
@@ -236,7 +239,7 @@ func (e *Engine) Start(ctx context.Context) error {
 	runCtx, cancelRun := context.WithCancel(ctx)
 	defer cancelRun()
 	e.runCtx = runCtx
-	e.queue = newQueue(e.opts.RateLimiter, e.opts.MaxCauses)
+	e.queue = newQueue(e.opts.RateLimiter, e.opts.MaxCauses, e.opts.QueueMetrics)
 	e.state = running
 	close(e.startedCh)
 	e.mu.Unlock()

@@ -52,10 +52,10 @@ type causeKey struct {
 	op        Op // only distinguishes OpLost, which has no object
 }
 
-func newQueue(limiter workqueue.TypedRateLimiter[cache.Ref], maxCauses int) *queue {
+func newQueue(limiter workqueue.TypedRateLimiter[cache.Ref], maxCauses int, metrics workqueue.MetricsProvider) *queue {
 	return &queue{
 		wq: workqueue.NewTypedRateLimitingQueueWithConfig(limiter,
-			workqueue.TypedRateLimitingQueueConfig[cache.Ref]{Name: "depbridge_reconcile"}),
+			workqueue.TypedRateLimitingQueueConfig[cache.Ref]{Name: "reconcile", MetricsProvider: metrics}),
 		limiter:   limiter,
 		maxCauses: maxCauses,
 		pending:   map[cache.Ref]*pendingRequest{},
