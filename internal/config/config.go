@@ -69,6 +69,10 @@ type JetStream struct {
 	// Stream that must capture the route's subjects; checked at start. When
 	// empty, any stream capturing the subjects will do.
 	Stream string `json:"stream,omitempty"`
+	// AckTimeout bounds the wait for one PubAck; a send whose ack does not
+	// come in time fails and is retried with the same Nats-Msg-Id.
+	// Defaults to 5s.
+	AckTimeout metav1.Duration `json:"ackTimeout,omitempty"`
 }
 
 // Kafka publishes with acks from all in-sync replicas.
@@ -79,6 +83,10 @@ type Kafka struct {
 	// BatchTimeout bounds how long a record waits for others to share its
 	// batch. Defaults to 10ms.
 	BatchTimeout metav1.Duration `json:"batchTimeout,omitempty"`
+	// WriteTimeout bounds one produce request to a broker. Defaults to 10s.
+	WriteTimeout metav1.Duration `json:"writeTimeout,omitempty"`
+	// ClientID is sent to the brokers. Defaults to "depbridge".
+	ClientID string `json:"clientID,omitempty"`
 }
 
 // SASL authentication for Kafka.
@@ -98,7 +106,8 @@ type HTTP struct {
 	TLS     *TLS              `json:"tls,omitempty"`
 }
 
-// Stdout writes one JSON event per line, for debugging.
+// Stdout writes one JSON (structured-mode) event per line to standard
+// output, for debugging.
 type Stdout struct{}
 
 // TLS client settings.
