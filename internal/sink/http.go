@@ -43,6 +43,7 @@ type HTTP struct {
 
 // NewHTTP checks cfg and prepares a client; it sends nothing.
 func NewHTTP(name string, cfg config.HTTP, log *slog.Logger) (*HTTP, error) {
+	log = orDiscard(log)
 	u, err := url.Parse(cfg.URL)
 	if err != nil {
 		return nil, fmt.Errorf("http: url: %w", err)

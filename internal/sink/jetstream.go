@@ -45,6 +45,7 @@ type JetStream struct {
 // NewJetStream connects to the NATS server of cfg. It does not check
 // streams: call Check with the routes' subject patterns.
 func NewJetStream(name string, cfg config.JetStream, log *slog.Logger) (*JetStream, error) {
+	log = orDiscard(log)
 	nc, err := connectNATS(name, cfg.NATSConn, log)
 	if err != nil {
 		return nil, err

@@ -50,6 +50,7 @@ type Kafka struct {
 // NewKafka configures a producer for cfg's brokers. kafka-go dials lazily;
 // call Check to reach the brokers at start.
 func NewKafka(name string, cfg config.Kafka, log *slog.Logger) (*Kafka, error) {
+	log = orDiscard(log)
 	if len(cfg.Brokers) == 0 {
 		return nil, errors.New("kafka: brokers is required")
 	}

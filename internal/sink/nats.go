@@ -31,6 +31,7 @@ type NATS struct {
 // NewNATS connects to the NATS server of cfg. name identifies the sink in
 // logs and in the connection name.
 func NewNATS(name string, cfg config.NATS, log *slog.Logger) (*NATS, error) {
+	log = orDiscard(log)
 	nc, err := connectNATS(name, cfg.NATSConn, log)
 	if err != nil {
 		return nil, err

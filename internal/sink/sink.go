@@ -91,10 +91,7 @@ var ErrClosed = errors.New("sink closed")
 // New connects the sink cfg describes. Exactly one transport field of cfg
 // must be set. log may be nil (discard).
 func New(cfg config.Sink, log *slog.Logger) (Sink, error) {
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
-	log = log.With("sink", cfg.Name)
+	log = orDiscard(log).With("sink", cfg.Name)
 	if err := checkOneOf(cfg); err != nil {
 		return nil, err
 	}
@@ -175,4 +172,12 @@ func (f *inflight) close(ctx context.Context) (first bool, err error) {
 	case <-ctx.Done():
 		return first, fmt.Errorf("wait for in-flight sends: %w", context.Cause(ctx))
 	}
+}
+
+// orDiscard returns log, or a logger that discards when log is nil.
+func orDiscard(log *slog.Logger) *slog.Logger {
+	if log == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return log
 }
