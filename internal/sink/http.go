@@ -26,7 +26,8 @@ const (
 	maxErrorBody = 512
 )
 
-// HTTP posts each event to a URL with sdk-go's HTTP protocol binding. Any
+// HTTP posts each event to a URL with sdk-go's HTTP protocol binding (plus
+// the percent-encoding of ce- header values that sdk-go omits). Any
 // 2xx response is the acknowledgement. A 429 or 5xx response gives a
 // *StatusError whose RetryAfter holds the server's Retry-After (see
 // RetryAfter); any other status gives a *StatusError with the start of the
@@ -103,6 +104,9 @@ func (s *HTTP) Send(ctx context.Context, t Target, e ce.Event) error {
 	if err := cehttp.WriteRequest(wctx, binding.ToMessage(&e), req); err != nil {
 		return fmt.Errorf("encode event %s for HTTP (%s mode): %w", e.ID(), t.Mode, err)
 	}
+	if t.Mode == Binary {
+		percentEncodeCEHeaders(req.Header)
+	}
 	resp, err := s.client.Do(req)
 	if err != nil {
 		return fmt.Errorf("publish %s to %s: %w", e.ID(), s.endpoint, err)
@@ -131,6 +135,22 @@ func (s *HTTP) Close(ctx context.Context) error {
 		return fmt.Errorf("close: %w", err)
 	}
 	return nil
+}
+
+// percentEncodeCEHeaders percent-encodes the values of the ce- headers as
+// the HTTP binding requires (§3.1.3.2: space, '"', '%' and bytes outside
+// printable ASCII). sdk-go's HTTP writer puts values in raw, so a selector
+// watcher's subject would go out with spaces and a control character would
+// make net/http refuse the request; Content-Type (datacontenttype) is an
+// HTTP header with its own syntax and is left alone.
+func percentEncodeCEHeaders(h http.Header) {
+	for k, vs := range h {
+		if len(k) > 3 && (k[:3] == "Ce-" || k[:3] == "ce-") {
+			for i, v := range vs {
+				vs[i] = percentEncode(v)
+			}
+		}
+	}
 }
 
 // StatusError is an HTTP response that is not a 2xx.
