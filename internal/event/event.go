@@ -13,8 +13,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"hash"
-	"strconv"
+	"strings"
 
 	ce "github.com/cloudevents/sdk-go/v2/event"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -92,7 +91,7 @@ func New(req watch.Request, opts Options) (ce.Event, error) {
 	if opts.Instance == "" {
 		opts.Instance = "depbridge"
 	}
-	key := req.Watcher.Key()
+	key := watcherKey(req.Watcher)
 
 	d := Data{Watcher: req.Watcher, Causes: req.Causes, Truncated: req.Truncated}
 	if d.Causes == nil {
@@ -115,7 +114,7 @@ func New(req watch.Request, opts Options) (ce.Event, error) {
 		DataContentType: ptr(DataContentType),
 		Extensions: map[string]any{
 			ExtPartitionKey:      key,
-			ExtWatcherAPIVersion: req.Watcher.APIVersion(),
+			ExtWatcherAPIVersion: apiVersion(req.Watcher),
 			ExtWatcherKind:       req.Watcher.Kind,
 		},
 	}
@@ -144,45 +143,38 @@ func New(req watch.Request, opts Options) (ce.Event, error) {
 // because JetStream deduplicates by id across the whole stream, whichever
 // source published.
 func ID(cluster string, req watch.Request) string {
-	h := sha256.New()
-	w := idWriter{h: h}
-	w.str("depbridge.reconcile.v1")
-	w.str(cluster)
-	w.ref(req.Watcher)
-	w.str(strconv.Itoa(req.Truncated))
+	var stack [1024]byte
+	b := appendStr(stack[:0], "depbridge.reconcile.v1")
+	b = appendStr(b, cluster)
+	b = appendRef(b, req.Watcher)
+	b = binary.AppendUvarint(b, uint64(req.Truncated))
 	for _, c := range req.Causes {
-		w.ref(c.Watched)
-		w.str(c.Namespace)
-		w.str(c.Name)
-		w.str(string(c.UID))
-		w.str(c.ResourceVersion)
-		w.str(string(c.Op))
-		w.str(c.Reason)
+		b = appendRef(b, c.Watched)
+		b = appendStr(b, c.Namespace)
+		b = appendStr(b, c.Name)
+		b = appendStr(b, string(c.UID))
+		b = appendStr(b, c.ResourceVersion)
+		b = appendStr(b, string(c.Op))
+		b = appendStr(b, c.Reason)
 	}
-	var sum [sha256.Size]byte
-	return hex.EncodeToString(h.Sum(sum[:0])[:16])
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:16])
 }
 
-type idWriter struct {
-	h   hash.Hash
-	buf [binary.MaxVarintLen64]byte
+// appendStr appends s with its length first, so that no two sequences of
+// strings encode alike.
+func appendStr(b []byte, s string) []byte {
+	b = binary.AppendUvarint(b, uint64(len(s)))
+	return append(b, s...)
 }
 
-// str writes s with its length first, so that no two sequences of strings
-// encode alike.
-func (w *idWriter) str(s string) {
-	n := binary.PutUvarint(w.buf[:], uint64(len(s)))
-	w.h.Write(w.buf[:n])
-	w.h.Write([]byte(s))
-}
-
-func (w *idWriter) ref(r cache.Ref) {
-	w.str(r.Group)
-	w.str(r.Version)
-	w.str(r.Kind)
-	w.str(r.Namespace)
-	w.str(r.Name)
-	w.str(r.Selector)
+func appendRef(b []byte, r cache.Ref) []byte {
+	b = appendStr(b, r.Group)
+	b = appendStr(b, r.Version)
+	b = appendStr(b, r.Kind)
+	b = appendStr(b, r.Namespace)
+	b = appendStr(b, r.Name)
+	return appendStr(b, r.Selector)
 }
 
 // objects returns the contents of objs, with Secret data and stringData
@@ -215,3 +207,34 @@ func isSecret(u *unstructured.Unstructured) bool {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// apiVersion is req.Watcher.APIVersion() without its allocations.
+func apiVersion(r cache.Ref) string {
+	if r.Group == "" {
+		return r.Version
+	}
+	return r.Group + "/" + r.Version
+}
+
+// watcherKey is r.Key(), built in one allocation.
+func watcherKey(r cache.Ref) string {
+	last := r.Name
+	sep := "/"
+	if r.Selector != "" {
+		last, sep = r.Selector, "/?"
+	}
+	var b strings.Builder
+	b.Grow(len(r.Group) + len(r.Version) + len(r.Kind) + len(r.Namespace) + len(last) + 6)
+	if r.Group != "" {
+		b.WriteString(r.Group)
+		b.WriteByte('/')
+	}
+	b.WriteString(r.Version)
+	b.WriteByte('/')
+	b.WriteString(r.Kind)
+	b.WriteByte('/')
+	b.WriteString(r.Namespace)
+	b.WriteString(sep)
+	b.WriteString(last)
+	return b.String()
+}

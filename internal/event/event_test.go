@@ -446,3 +446,18 @@ func BenchmarkNew(b *testing.B) {
 		}
 	})
 }
+
+func TestWatcherKeyAndAPIVersionMatchRef(t *testing.T) {
+	for _, r := range []cache.Ref{
+		watcherCM, watchedD,
+		{Version: "v1", Kind: "Namespace", Name: "n"},
+		{Group: "x.io", Version: "v1beta1", Kind: "K", Namespace: "ns", Selector: "*"},
+	} {
+		if got, want := watcherKey(r), r.Key(); got != want {
+			t.Errorf("watcherKey(%v) = %q, want %q", r, got, want)
+		}
+		if got, want := apiVersion(r), r.APIVersion(); got != want {
+			t.Errorf("apiVersion(%v) = %q, want %q", r, got, want)
+		}
+	}
+}

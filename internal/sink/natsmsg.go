@@ -13,6 +13,8 @@ import (
 	ce "github.com/cloudevents/sdk-go/v2/event"
 	"github.com/cloudevents/sdk-go/v2/types"
 	"github.com/nats-io/nats.go"
+
+	"github.com/depbridge/depbridge/internal/event"
 )
 
 // NATS protocol binding (cloudevents/spec bindings/nats-protocol-binding.md,
@@ -65,6 +67,19 @@ func (m *natsMessage) Start(context.Context) error {
 	return nil
 }
 
+// natsHeaderNames avoids building "ce-"+name for the attributes and
+// extensions every event has.
+var natsHeaderNames = func() map[string]string {
+	m := map[string]string{}
+	for _, n := range []string{
+		"specversion", "id", "source", "type", "subject", "time", "datacontenttype", "dataschema",
+		event.ExtPartitionKey, event.ExtWatcherAPIVersion, event.ExtWatcherKind, event.ExtWatcherNamespace, event.ExtWatcherName,
+	} {
+		m[n] = natsHeaderPrefix + n
+	}
+	return m
+}()
+
 func (m *natsMessage) SetAttribute(a spec.Attribute, value any) error {
 	return m.set(a.Name(), value)
 }
@@ -74,7 +89,10 @@ func (m *natsMessage) SetExtension(name string, value any) error {
 }
 
 func (m *natsMessage) set(name string, value any) error {
-	key := natsHeaderPrefix + name
+	key, ok := natsHeaderNames[name]
+	if !ok {
+		key = natsHeaderPrefix + name
+	}
 	if value == nil {
 		delete(m.Header, key)
 		return nil

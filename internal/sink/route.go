@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"text/template"
+	"text/template/parse"
 
 	"github.com/depbridge/depbridge/internal/cache"
 	"github.com/depbridge/depbridge/internal/config"
@@ -34,6 +35,16 @@ type Route struct {
 
 	syntax syntax
 	tmpl   *template.Template // nil when the sink takes no subject
+	// parts is tmpl compiled to literals and fields when it uses nothing
+	// but {{.Field}} actions (the common case), so rendering needs no
+	// reflection; nil otherwise.
+	parts []part
+}
+
+// part of a simple template: a literal, or a field when field is set.
+type part struct {
+	literal string
+	field   func(*SubjectFields) string
 }
 
 // syntax is what a rendered subject must be.
@@ -84,6 +95,7 @@ func NewRoute(cfg config.Route, sinkCfg config.Sink, s Sink) (*Route, error) {
 	if err != nil {
 		return nil, fmt.Errorf("route %q: subject template %q: %w", cfg.Name, text, err)
 	}
+	r.parts = compile(r.tmpl)
 	sample := cache.Ref{Group: "example.com", Version: "v1", Kind: "Sample", Namespace: "ns", Name: "name"}
 	if _, err := r.Target(sample); err != nil {
 		return nil, err
@@ -107,7 +119,15 @@ func (r *Route) Target(watcher cache.Ref) (Target, error) {
 		Namespace: EscapeToken(watcher.Namespace), Name: EscapeToken(watcher.Name), Selector: EscapeToken(watcher.Selector),
 	}
 	var b strings.Builder
-	if err := r.tmpl.Execute(&b, &f); err != nil {
+	if r.parts != nil {
+		for _, p := range r.parts {
+			if p.field != nil {
+				b.WriteString(p.field(&f))
+			} else {
+				b.WriteString(p.literal)
+			}
+		}
+	} else if err := r.tmpl.Execute(&b, &f); err != nil {
 		return t, fmt.Errorf("route %q: render subject for %s: %w", r.Name, watcher.Key(), err)
 	}
 	t.Subject = b.String()
@@ -151,6 +171,46 @@ func (r *Route) pattern() (string, error) {
 		}
 	}
 	return strings.Join(tokens, "."), nil
+}
+
+// fields are the SubjectFields a simple template can name.
+var fields = map[string]func(*SubjectFields) string{
+	"Group":     func(f *SubjectFields) string { return f.Group },
+	"Version":   func(f *SubjectFields) string { return f.Version },
+	"Kind":      func(f *SubjectFields) string { return f.Kind },
+	"Namespace": func(f *SubjectFields) string { return f.Namespace },
+	"Name":      func(f *SubjectFields) string { return f.Name },
+	"Selector":  func(f *SubjectFields) string { return f.Selector },
+}
+
+// compile returns the parts of t when it is only text and {{.Field}}
+// actions, else nil (and t is executed as a template).
+func compile(t *template.Template) []part {
+	if t.Tree == nil || t.Root == nil {
+		return nil
+	}
+	var parts []part
+	for _, n := range t.Root.Nodes {
+		switch n := n.(type) {
+		case *parse.TextNode:
+			parts = append(parts, part{literal: string(n.Text)})
+		case *parse.ActionNode:
+			if len(n.Pipe.Decl) != 0 || len(n.Pipe.Cmds) != 1 || len(n.Pipe.Cmds[0].Args) != 1 {
+				return nil
+			}
+			fn, ok := n.Pipe.Cmds[0].Args[0].(*parse.FieldNode)
+			if !ok || len(fn.Ident) != 1 || fields[fn.Ident[0]] == nil {
+				return nil
+			}
+			parts = append(parts, part{field: fields[fn.Ident[0]]})
+		default:
+			return nil
+		}
+	}
+	if parts == nil {
+		parts = []part{} // an empty template renders ""
+	}
+	return parts
 }
 
 func (s syntax) validate(subject string) error {

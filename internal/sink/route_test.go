@@ -68,6 +68,10 @@ func TestRouteTarget(t *testing.T) {
 			route: config.Route{Name: "r", Sink: "bus", Subject: "events.ns-{{.Namespace}}.all", Mode: "structured"}, sink: natsSinkCfg, watcher: cm,
 			want: "events.ns-apps.all", pattern: "events.*.all", mode: Structured,
 		},
+		"template with logic": {
+			route: config.Route{Name: "r", Sink: "bus", Subject: `x.{{if .Namespace}}{{.Namespace}}{{else}}none{{end}}.{{printf "%s" .Kind}}`}, sink: natsSinkCfg, watcher: cm,
+			want: "x.apps.ConfigMap", pattern: "x.*.*",
+		},
 		"fixed NATS subject": {
 			route: config.Route{Name: "r", Sink: "bus", Subject: "depbridge.events"}, sink: natsSinkCfg, watcher: cm,
 			want: "depbridge.events", pattern: "depbridge.events",
@@ -96,6 +100,14 @@ func TestRouteTarget(t *testing.T) {
 			}
 			if got.Subject != tt.want || got.Mode != tt.mode {
 				t.Errorf("Target = %+v, want subject %q, mode %v", got, tt.want, tt.mode)
+			}
+			// The compiled fast path and text/template must agree.
+			if r.parts != nil {
+				slow := *r
+				slow.parts = nil
+				if sg, err := slow.Target(tt.watcher); err != nil || sg != got {
+					t.Errorf("text/template gives %+v, %v; compiled %+v", sg, err, got)
+				}
 			}
 			if p := r.Pattern(); p != tt.pattern {
 				t.Errorf("Pattern = %q, want %q", p, tt.pattern)
