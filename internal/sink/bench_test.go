@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/segmentio/kafka-go"
 	"github.com/twmb/franz-go/pkg/kfake"
 
@@ -48,9 +49,9 @@ func benchRequests(iter int) []watch.Request {
 	return reqs
 }
 
-// runBridge sends reqs through route with benchSenders goroutines and
-// returns how long it took.
-func runBridge(b *testing.B, route *Route, reqs []watch.Request) time.Duration {
+// runConcurrent calls send(i) for every i < n from benchSenders goroutines
+// and returns how long it took.
+func runConcurrent(b *testing.B, n int, send func(ctx context.Context, i int) error) time.Duration {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	var next atomic.Int64
@@ -60,20 +61,10 @@ func runBridge(b *testing.B, route *Route, reqs []watch.Request) time.Duration {
 		wg.Go(func() {
 			for {
 				i := next.Add(1) - 1
-				if i >= int64(len(reqs)) {
+				if i >= int64(n) {
 					return
 				}
-				e, err := event.New(reqs[i], event.Options{Cluster: "bench", Instance: "b"})
-				if err != nil {
-					b.Error(err)
-					return
-				}
-				tgt, err := route.Target(reqs[i].Watcher)
-				if err != nil {
-					b.Error(err)
-					return
-				}
-				if err := route.Sink.Send(ctx, tgt, e); err != nil {
+				if err := send(ctx, int(i)); err != nil {
 					b.Error(err)
 					return
 				}
@@ -82,6 +73,22 @@ func runBridge(b *testing.B, route *Route, reqs []watch.Request) time.Duration {
 	}
 	wg.Wait()
 	return time.Since(start)
+}
+
+// runBridge sends reqs through route the way the publisher does: build
+// the event, render the subject, Send.
+func runBridge(b *testing.B, route *Route, reqs []watch.Request) time.Duration {
+	return runConcurrent(b, len(reqs), func(ctx context.Context, i int) error {
+		e, err := event.New(reqs[i], event.Options{Cluster: "bench", Instance: "b"})
+		if err != nil {
+			return err
+		}
+		tgt, err := route.Target(reqs[i].Watcher)
+		if err != nil {
+			return err
+		}
+		return route.Sink.Send(ctx, tgt, e)
+	})
 }
 
 // natsSize is the wire size of a message's headers and data.
@@ -95,12 +102,19 @@ func natsSize(m *nats.Msg) int {
 	return n
 }
 
-func reportRates(b *testing.B, bridge, raw time.Duration) {
+// reportRates reports the bridge's rate, the raw client's bulk rate and
+// their ratio, and the rate and ratio of the raw client driven like the
+// bridge (same pre-encoded messages, same concurrency, each publish
+// waiting for its ack), which separates the bridge's own cost (encoding,
+// Send) from the cost of waiting for every ack.
+func reportRates(b *testing.B, bridge, raw, rawConc time.Duration) {
 	n := float64(b.N * benchEvents)
-	events, rawRate := n/bridge.Seconds(), n/raw.Seconds()
+	events, rawRate, concRate := n/bridge.Seconds(), n/raw.Seconds(), n/rawConc.Seconds()
 	b.ReportMetric(events, "events/s")
 	b.ReportMetric(rawRate, "raw/s")
 	b.ReportMetric(events/rawRate, "ratio")
+	b.ReportMetric(concRate, "rawsync/s")
+	b.ReportMetric(events/concRate, "ratio_sync")
 	b.ReportMetric(benchSenders, "senders")
 	b.ReportMetric(0, "ns/op") // the rates above are the result
 }
@@ -120,10 +134,30 @@ func BenchmarkJetStream(b *testing.B) {
 	payload := make([]byte, natsSize(m))
 	b.ReportMetric(float64(len(payload)), "bytes/msg")
 
-	var bridge, raw time.Duration
+	var bridge, raw, rawSync time.Duration
 	for i := 0; i < b.N; i++ {
 		reqs := benchRequests(i)
 		bridge += runBridge(b, route, reqs)
+
+		// Raw, driven like the bridge: the same messages, encoded
+		// beforehand, with other ids so the stream keeps them.
+		msgs := make([]*nats.Msg, len(reqs))
+		for j, r := range reqs {
+			e, _ := event.New(r, event.Options{Cluster: "rawsync"})
+			msgs[j], _ = encodeNATS(context.Background(), "bench.rawsync."+strconv.Itoa(j%benchWatchers), Binary, &e)
+		}
+		rawSync += runConcurrent(b, len(msgs), func(ctx context.Context, j int) error {
+			f, err := js.PublishMsgAsync(msgs[j], jetstream.WithMsgID(msgs[j].Header.Get("ce-id")))
+			if err != nil {
+				return err
+			}
+			select {
+			case <-f.Ok():
+				return nil
+			case err := <-f.Err():
+				return err
+			}
+		})
 
 		var failed atomic.Int64
 		start := time.Now()
@@ -144,21 +178,35 @@ func BenchmarkJetStream(b *testing.B) {
 			b.Fatalf("%d raw publishes failed", failed.Load())
 		}
 	}
-	reportRates(b, bridge, raw)
+	reportRates(b, bridge, raw, rawSync)
 }
 
+// BenchmarkKafka runs with the default batch timeout (10ms) and with 1ms:
+// a Send waits for its batch to fill (100 records per partition) or time
+// out, so with fewer concurrent senders per partition than that, the rate
+// is bounded by senders per batch timeout.
 func BenchmarkKafka(b *testing.B) {
+	for _, bt := range []time.Duration{defaultBatchTimeout, time.Millisecond} {
+		b.Run("batch="+bt.String(), func(b *testing.B) { benchKafka(b, bt) })
+	}
+}
+
+func benchKafka(b *testing.B, batchTimeout time.Duration) {
 	const partitions = 8
 	c := startKafka(b, 0, "", kfake.NumBrokers(1), kfake.SeedTopics(partitions, "bench"))
 	addr := c.ListenAddrs()[0]
-	s := newKafkaSink(b, addr)
+	s, err := NewKafka("k", config.Kafka{Brokers: []string{addr}, BatchTimeout: durationOf(batchTimeout)}, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close(context.Background())
 	route, err := NewRoute(config.Route{Name: "bench", Sink: "k", Subject: "bench"}, config.Sink{Name: "k", Kafka: &config.Kafka{}}, s)
 	if err != nil {
 		b.Fatal(err)
 	}
 	w := &kafka.Writer{
 		Addr: kafka.TCP(addr), Balancer: &kafka.Hash{}, RequiredAcks: kafka.RequireAll, Async: false,
-		BatchTimeout: defaultBatchTimeout, BatchSize: kafkaBatchSize, BatchBytes: kafkaBatchBytes,
+		BatchTimeout: batchTimeout, BatchSize: kafkaBatchSize, BatchBytes: kafkaBatchBytes,
 	}
 	defer w.Close()
 	sample, _ := event.New(benchRequests(0)[0], event.Options{Cluster: "bench", Instance: "b"})
@@ -173,16 +221,27 @@ func BenchmarkKafka(b *testing.B) {
 		msgs[j] = kafka.Message{Topic: "bench", Key: []byte("v1/ConfigMap/ns/watcher-" + strconv.Itoa(j%benchWatchers)), Value: make([]byte, size-len(km.Key))}
 	}
 
-	var bridge, raw time.Duration
+	var bridge, raw, rawSync time.Duration
 	for i := 0; i < b.N; i++ {
-		bridge += runBridge(b, route, benchRequests(i))
+		reqs := benchRequests(i)
+		bridge += runBridge(b, route, reqs)
+
+		encoded := make([]kafka.Message, len(reqs))
+		for j, r := range reqs {
+			e, _ := event.New(r, event.Options{Cluster: "rawsync"})
+			encoded[j], _ = encodeKafka(context.Background(), "bench", Binary, &e)
+		}
+		rawSync += runConcurrent(b, len(encoded), func(ctx context.Context, j int) error {
+			return w.WriteMessages(ctx, encoded[j])
+		})
+
 		start := time.Now()
 		if err := w.WriteMessages(context.Background(), msgs...); err != nil {
 			b.Fatal(err)
 		}
 		raw += time.Since(start)
 	}
-	reportRates(b, bridge, raw)
+	reportRates(b, bridge, raw, rawSync)
 }
 
 // BenchmarkEncode measures the encode path of one event: event.New,
