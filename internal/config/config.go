@@ -125,8 +125,10 @@ type Route struct {
 	// Sink is the name of a sink.
 	Sink string `json:"sink"`
 	// Subject is a text/template over the watcher (.Group, .Version, .Kind,
-	// .Namespace, .Name) giving the NATS subject or Kafka topic; ignored by
-	// HTTP and stdout. Defaults to
+	// .Namespace, .Name, .Selector) giving the NATS subject or Kafka topic;
+	// ignored by HTTP and stdout. Each value is escaped into one subject
+	// token ("my.cm" becomes "my_2Ecm", an empty value "_"; see
+	// docs/events.md). Defaults to
 	// "depbridge.reconcile.{{.Kind}}.{{.Namespace}}.{{.Name}}".
 	Subject string `json:"subject,omitempty"`
 	// Mode is the CloudEvents content mode: "binary" (default) or
