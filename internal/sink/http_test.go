@@ -2,10 +2,13 @@ package sink
 
 import (
 	"context"
+	"encoding/pem"
 	"errors"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -364,5 +367,35 @@ func TestCloseWaitsForInflight(t *testing.T) {
 	}
 	if len(rc.events) != 1 {
 		t.Errorf("received %d events", len(rc.events))
+	}
+}
+
+// TestHTTPTLS checks the TLS settings reach the client: the receiver's
+// certificate is trusted only through caFile.
+func TestHTTPTLS(t *testing.T) {
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusNoContent) }))
+	defer srv.Close()
+	ca := filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(ca, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for name, tt := range map[string]struct {
+		tls *config.TLS
+		ok  bool
+	}{
+		"trusted CA":   {&config.TLS{CAFile: ca}, true},
+		"system roots": {nil, false},
+	} {
+		t.Run(name, func(t *testing.T) {
+			s, err := NewHTTP("tls", config.HTTP{URL: srv.URL, TLS: tt.tls}, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close(t.Context())
+			err = s.Send(t.Context(), Target{}, testEvent(t, 1, 1))
+			if tt.ok != (err == nil) {
+				t.Errorf("err = %v, want success %v", err, tt.ok)
+			}
+		})
 	}
 }
