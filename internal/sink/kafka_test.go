@@ -293,3 +293,31 @@ func TestKafkaSendAfterClose(t *testing.T) {
 		t.Errorf("Send after Close = %v, want ErrClosed", err)
 	}
 }
+
+// TestKafkaSASL checks each SASL mechanism against a broker that requires
+// it, and that a wrong password fails without leaking into the error.
+func TestKafkaSASL(t *testing.T) {
+	for _, mech := range []string{"PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"} {
+		t.Run(mech, func(t *testing.T) {
+			c := startKafka(t, 0, "", kfake.NumBrokers(1), kfake.EnableSASL(), kfake.Superuser(mech, "bridge", "s3cret-pw"), kfake.SeedTopics(1, "secure"))
+			addr := c.ListenAddrs()[0]
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			for _, pw := range []string{"s3cret-pw", "wrong-pw"} {
+				s, err := NewKafka("k", config.Kafka{Brokers: []string{addr}, WriteTimeout: durationOf(2 * time.Second),
+					SASL: &config.SASL{Mechanism: mech, Username: "bridge", Password: pw}}, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				err = s.Send(ctx, Target{Subject: "secure"}, testEvent(t, 1, 1))
+				if (pw == "s3cret-pw") != (err == nil) {
+					t.Errorf("password %s: err = %v", pw, err)
+				}
+				if err != nil && strings.Contains(err.Error(), pw) {
+					t.Errorf("error leaks the password: %v", err)
+				}
+				s.Close(ctx)
+			}
+		})
+	}
+}
