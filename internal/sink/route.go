@@ -97,8 +97,8 @@ func NewRoute(cfg config.Route, sinkCfg config.Sink, s Sink) (*Route, error) {
 	}
 	r.parts = compile(r.tmpl)
 	sample := cache.Ref{Group: "example.com", Version: "v1", Kind: "Sample", Namespace: "ns", Name: "name"}
-	if _, err := r.Target(sample); err != nil {
-		return nil, err
+	if _, err := r.render(sample); err != nil {
+		return nil, fmt.Errorf("route %q: subject template %q: %w", cfg.Name, text, err)
 	}
 	if _, err := r.pattern(); err != nil {
 		return nil, fmt.Errorf("route %q: subject template %q: %w", cfg.Name, text, err)
@@ -110,9 +110,16 @@ func NewRoute(cfg config.Route, sinkCfg config.Sink, s Sink) (*Route, error) {
 // into the template is escaped with EscapeToken, so a watcher's name can
 // never add tokens, wildcards or illegal characters.
 func (r *Route) Target(watcher cache.Ref) (Target, error) {
-	t := Target{Mode: r.Mode}
+	subject, err := r.render(watcher)
+	if err != nil {
+		return Target{}, fmt.Errorf("route %q: subject for %s: %w", r.Name, watcher.Key(), err)
+	}
+	return Target{Subject: subject, Mode: r.Mode}, nil
+}
+
+func (r *Route) render(watcher cache.Ref) (string, error) {
 	if r.tmpl == nil {
-		return t, nil
+		return "", nil
 	}
 	f := SubjectFields{
 		Group: EscapeToken(watcher.Group), Version: EscapeToken(watcher.Version), Kind: EscapeToken(watcher.Kind),
@@ -128,13 +135,13 @@ func (r *Route) Target(watcher cache.Ref) (Target, error) {
 			}
 		}
 	} else if err := r.tmpl.Execute(&b, &f); err != nil {
-		return t, fmt.Errorf("route %q: render subject for %s: %w", r.Name, watcher.Key(), err)
+		return "", err
 	}
-	t.Subject = b.String()
-	if err := r.syntax.validate(t.Subject); err != nil {
-		return t, fmt.Errorf("route %q: subject for %s: %w", r.Name, watcher.Key(), err)
+	subject := b.String()
+	if err := r.syntax.validate(subject); err != nil {
+		return "", err
 	}
-	return t, nil
+	return subject, nil
 }
 
 // Pattern is the set of subjects the route can produce, as a NATS subject

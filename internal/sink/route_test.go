@@ -126,8 +126,8 @@ func TestNewRouteErrors(t *testing.T) {
 		want  string
 	}{
 		"unparsable template": {config.Route{Name: "r1", Sink: "bus", Subject: "a.{{.Kind"}, natsSinkCfg, `route "r1": subject template "a.{{.Kind"`},
-		"unknown field":       {config.Route{Name: "r2", Sink: "bus", Subject: "a.{{.Colour}}"}, natsSinkCfg, `route "r2": render subject`},
-		"wildcard literal":    {config.Route{Name: "r3", Sink: "bus", Subject: "a.*.{{.Kind}}"}, natsSinkCfg, `route "r3": subject for`},
+		"unknown field":       {config.Route{Name: "r2", Sink: "bus", Subject: "a.{{.Colour}}"}, natsSinkCfg, `route "r2": subject template "a.{{.Colour}}": template: r2:1:4: executing "r2" at <.Colour>: can't evaluate field Colour`},
+		"wildcard literal":    {config.Route{Name: "r3", Sink: "bus", Subject: "a.*.{{.Kind}}"}, natsSinkCfg, `route "r3": subject template "a.*.{{.Kind}}": NATS subject "a.*.Sample" contains '*'`},
 		"empty token":         {config.Route{Name: "r4", Sink: "bus", Subject: "a..{{.Kind}}"}, natsSinkCfg, "empty token"},
 		"space":               {config.Route{Name: "r5", Sink: "bus", Subject: "a b.{{.Kind}}"}, natsSinkCfg, "not allowed"},
 		"bad Kafka topic":     {config.Route{Name: "r6", Sink: "bus", Subject: "a/{{.Kind}}"}, kafkaSinkCfg, "Kafka topic"},
