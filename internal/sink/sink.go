@@ -13,6 +13,14 @@
 //     event id, so brokers that deduplicate by id (JetStream) drop repeats.
 //   - Send and Close are safe for concurrent use. Send after Close fails
 //     with ErrClosed.
+//   - An error that carries a receiver's request to wait (HTTP 429/5xx with
+//     Retry-After) is found with RetryAfter, through any wrapping.
+//
+// Routes (route.go) bind a configured route to its sink and render the
+// subject or topic per watcher. Call CheckRoutes once at start: it asks the
+// sinks that can (JetStream, Kafka) whether the routes' subjects lead
+// somewhere, so a missing stream or topic fails at start rather than as
+// endless retries.
 package sink
 
 import (
