@@ -39,7 +39,7 @@ func encodeKafka(ctx context.Context, topic string, mode Mode, e *ce.Event) (kaf
 		}
 		m.Key = []byte(s)
 	}
-	w := (*kafkaMessage)(&m)
+	w := &kafkaMessage{Message: &m}
 	var err error
 	if mode == Structured {
 		_, err = binding.Write(ctx, binding.ToMessage(e), w, nil)
@@ -53,7 +53,22 @@ func encodeKafka(ctx context.Context, topic string, mode Mode, e *ce.Event) (kaf
 }
 
 // kafkaMessage is a kafka-go record being written by sdk-go's binding.Write.
-type kafkaMessage kafka.Message
+type kafkaMessage struct {
+	*kafka.Message
+	// values backs the header values, so that a record costs one or two
+	// allocations for all of them.
+	values []byte
+}
+
+// kafkaHeaderNames avoids building "ce_"+name for the attributes and
+// extensions every event has.
+var kafkaHeaderNames = func() map[string]string {
+	m := map[string]string{}
+	for n := range natsHeaderNames {
+		m[n] = kafkaHeaderPrefix + n
+	}
+	return m
+}()
 
 var (
 	_ binding.StructuredWriter = (*kafkaMessage)(nil)
@@ -73,15 +88,18 @@ func (m *kafkaMessage) Start(context.Context) error {
 }
 
 func (m *kafkaMessage) SetAttribute(a spec.Attribute, value any) error {
-	key := kafkaHeaderPrefix + a.Name()
 	if a.Kind() == spec.DataContentType {
-		key = kafkaContentType
+		return m.set(kafkaContentType, value)
 	}
-	return m.set(key, value)
+	return m.SetExtension(a.Name(), value)
 }
 
 func (m *kafkaMessage) SetExtension(name string, value any) error {
-	return m.set(kafkaHeaderPrefix+name, value)
+	key, ok := kafkaHeaderNames[name]
+	if !ok {
+		key = kafkaHeaderPrefix + name
+	}
+	return m.set(key, value)
 }
 
 func (m *kafkaMessage) set(key string, value any) error {
@@ -98,7 +116,13 @@ func (m *kafkaMessage) set(key string, value any) error {
 	if err != nil {
 		return fmt.Errorf("attribute %s: %w", key, err)
 	}
-	m.Headers = append(m.Headers, kafka.Header{Key: key, Value: []byte(s)})
+	if m.values == nil {
+		m.values = make([]byte, 0, 512)
+	}
+	start := len(m.values)
+	m.values = append(m.values, s...)
+	end := len(m.values)
+	m.Headers = append(m.Headers, kafka.Header{Key: key, Value: m.values[start:end:end]})
 	return nil
 }
 

@@ -34,7 +34,7 @@ const (
 // encodeNATS writes e onto a new NATS message for subject in mode.
 func encodeNATS(ctx context.Context, subject string, mode Mode, e *ce.Event) (*nats.Msg, error) {
 	m := &nats.Msg{Subject: subject}
-	w := (*natsMessage)(m)
+	w := &natsMessage{Msg: m}
 	var err error
 	if mode == Structured {
 		_, err = binding.Write(ctx, binding.ToMessage(e), w, nil)
@@ -48,7 +48,12 @@ func encodeNATS(ctx context.Context, subject string, mode Mode, e *ce.Event) (*n
 }
 
 // natsMessage is a NATS message being written by sdk-go's binding.Write.
-type natsMessage nats.Msg
+type natsMessage struct {
+	*nats.Msg
+	// values backs the one-element value slices of the headers, so that a
+	// message costs one allocation for all of them.
+	values []string
+}
 
 var (
 	_ binding.StructuredWriter = (*natsMessage)(nil)
@@ -101,7 +106,12 @@ func (m *natsMessage) set(name string, value any) error {
 	if err != nil {
 		return fmt.Errorf("attribute %s: %w", name, err)
 	}
-	m.Header[key] = []string{percentEncode(s)}
+	if m.values == nil {
+		m.values = make([]string, 0, natsHeaderDefault)
+	}
+	m.values = append(m.values, percentEncode(s))
+	n := len(m.values)
+	m.Header[key] = m.values[n-1 : n : n]
 	return nil
 }
 
