@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"os"
 	"reflect"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -426,25 +427,35 @@ func TestSchemaMatchesTypes(t *testing.T) {
 	check("data", reflect.TypeFor[Data](), &root)
 }
 
+// BenchmarkNew measures event.New per event. Each iteration builds
+// newBatch events, so -benchtime 1x gives stable per-event numbers.
 func BenchmarkNew(b *testing.B) {
+	const newBatch = 2000
 	req := request()
-	b.Run("causes", func(b *testing.B) {
-		b.ReportAllocs()
-		for b.Loop() {
-			if _, err := New(req, Options{Cluster: "c", Instance: "i"}); err != nil {
-				b.Fatal(err)
+	for name, opts := range map[string]Options{
+		"causes":         {Cluster: "c", Instance: "i"},
+		"causes+objects": {Cluster: "c", Instance: "i", IncludeObjects: true, Objects: []*unstructured.Unstructured{secret(), deployment()}},
+	} {
+		b.Run(name, func(b *testing.B) {
+			var before, after runtime.MemStats
+			runtime.ReadMemStats(&before)
+			start := time.Now()
+			for i := 0; i < b.N; i++ {
+				for range newBatch {
+					if _, err := New(req, opts); err != nil {
+						b.Fatal(err)
+					}
+				}
 			}
-		}
-	})
-	b.Run("causes+objects", func(b *testing.B) {
-		opts := Options{Cluster: "c", Instance: "i", IncludeObjects: true, Objects: []*unstructured.Unstructured{secret(), deployment()}}
-		b.ReportAllocs()
-		for b.Loop() {
-			if _, err := New(req, opts); err != nil {
-				b.Fatal(err)
-			}
-		}
-	})
+			elapsed := time.Since(start)
+			runtime.ReadMemStats(&after)
+			n := float64(b.N * newBatch)
+			b.ReportMetric(float64(elapsed.Nanoseconds())/n, "ns/event")
+			b.ReportMetric(float64(after.Mallocs-before.Mallocs)/n, "allocs/event")
+			b.ReportMetric(float64(after.TotalAlloc-before.TotalAlloc)/n, "B/event")
+			b.ReportMetric(0, "ns/op")
+		})
+	}
 }
 
 func TestWatcherKeyAndAPIVersionMatchRef(t *testing.T) {

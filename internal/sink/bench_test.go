@@ -2,6 +2,7 @@ package sink
 
 import (
 	"context"
+	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -245,32 +246,63 @@ func benchKafka(b *testing.B, batchTimeout time.Duration) {
 }
 
 // BenchmarkEncode measures the encode path of one event: event.New,
-// Route.Target and the binding writer, per transport and mode.
+// Route.Target and the binding writer, per transport and mode. Each
+// iteration encodes encodeBatch events, so -benchtime 1x gives stable
+// per-event numbers (ns/event, allocs/event, B/event).
 func BenchmarkEncode(b *testing.B) {
-	req := benchRequests(0)[0]
+	const encodeBatch = 2000
+	reqs := benchRequests(0)[:encodeBatch]
 	natsRoute, _ := NewRoute(config.Route{Name: "r", Sink: "s"}, config.Sink{Name: "s", JetStream: &config.JetStream{}}, nil)
 	kafkaRoute, _ := NewRoute(config.Route{Name: "r", Sink: "s", Subject: "bench"}, config.Sink{Name: "s", Kafka: &config.Kafka{}}, nil)
 	ctx := context.Background()
-	for _, mode := range []Mode{Binary, Structured} {
-		b.Run("nats/"+mode.String(), func(b *testing.B) {
-			b.ReportAllocs()
-			for b.Loop() {
-				e, _ := event.New(req, event.Options{})
-				t, _ := natsRoute.Target(req.Watcher)
-				if _, err := encodeNATS(ctx, t.Subject, mode, &e); err != nil {
-					b.Fatal(err)
-				}
+	encoders := map[string]func(r watch.Request, mode Mode) error{
+		"nats": func(r watch.Request, mode Mode) error {
+			e, err := event.New(r, event.Options{})
+			if err != nil {
+				return err
 			}
-		})
-		b.Run("kafka/"+mode.String(), func(b *testing.B) {
-			b.ReportAllocs()
-			for b.Loop() {
-				e, _ := event.New(req, event.Options{})
-				t, _ := kafkaRoute.Target(req.Watcher)
-				if _, err := encodeKafka(ctx, t.Subject, mode, &e); err != nil {
-					b.Fatal(err)
-				}
+			t, err := natsRoute.Target(r.Watcher)
+			if err != nil {
+				return err
 			}
-		})
+			_, err = encodeNATS(ctx, t.Subject, mode, &e)
+			return err
+		},
+		"kafka": func(r watch.Request, mode Mode) error {
+			e, err := event.New(r, event.Options{})
+			if err != nil {
+				return err
+			}
+			t, err := kafkaRoute.Target(r.Watcher)
+			if err != nil {
+				return err
+			}
+			_, err = encodeKafka(ctx, t.Subject, mode, &e)
+			return err
+		},
+	}
+	for _, transport := range []string{"nats", "kafka"} {
+		for _, mode := range []Mode{Binary, Structured} {
+			b.Run(transport+"/"+mode.String(), func(b *testing.B) {
+				encode := encoders[transport]
+				var before, after runtime.MemStats
+				runtime.ReadMemStats(&before)
+				start := time.Now()
+				for i := 0; i < b.N; i++ {
+					for _, r := range reqs {
+						if err := encode(r, mode); err != nil {
+							b.Fatal(err)
+						}
+					}
+				}
+				elapsed := time.Since(start)
+				runtime.ReadMemStats(&after)
+				n := float64(b.N * encodeBatch)
+				b.ReportMetric(float64(elapsed.Nanoseconds())/n, "ns/event")
+				b.ReportMetric(float64(after.Mallocs-before.Mallocs)/n, "allocs/event")
+				b.ReportMetric(float64(after.TotalAlloc-before.TotalAlloc)/n, "B/event")
+				b.ReportMetric(0, "ns/op")
+			})
+		}
 	}
 }
