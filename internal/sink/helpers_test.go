@@ -95,13 +95,16 @@ func sendUntilAcked(ctx context.Context, s Sink, t Target, e ce.Event, attempt, 
 	}
 }
 
-// outageRun drives n events of `watchers` watchers through s with one
-// goroutine per watcher (the engine never sends two events of one watcher
-// at once), retrying each until acked. When a third of the events are
-// acked it calls outage once, synchronously in its own goroutine, while
-// the senders keep retrying. It returns the ids sent and the number of
+// outageRun drives the events of `watchers` watchers (perWatcher each)
+// through s with one goroutine per watcher (the engine never sends two
+// events of one watcher at once), retrying each until acked. When a third
+// of the events are acked it stops the broker; the senders send nothing
+// more until it is stopped, so the rest of the stream meets the outage.
+// After `outage` it starts the broker again, and the senders keep retrying
+// until everything is acked. It returns the ids sent and the number of
 // failed attempts.
-func outageRun(t *testing.T, ctx context.Context, s Sink, tgt Target, watchers, perWatcher int, outage func()) (sent map[string]bool, failures int64) {
+func outageRun(t *testing.T, ctx context.Context, s Sink, tgt Target, watchers, perWatcher int,
+	stop func(), outage time.Duration, start func()) (sent map[string]bool, failures int64) {
 	t.Helper()
 	var (
 		mu      sync.Mutex
@@ -109,6 +112,7 @@ func outageRun(t *testing.T, ctx context.Context, s Sink, tgt Target, watchers, 
 		failed  atomic.Int64
 		wg      sync.WaitGroup
 		once    sync.Once
+		stopped = make(chan struct{})
 		outDone = make(chan struct{})
 	)
 	sent = map[string]bool{}
@@ -116,6 +120,26 @@ func outageRun(t *testing.T, ctx context.Context, s Sink, tgt Target, watchers, 
 	for w := range watchers {
 		wg.Go(func() {
 			for seq := range perWatcher {
+				if acked.Load() >= total/3 {
+					once.Do(func() {
+						go func() {
+							defer close(outDone)
+							stop()
+							close(stopped)
+							select {
+							case <-time.After(outage):
+							case <-ctx.Done():
+							}
+							start()
+						}()
+					})
+					select {
+					case <-stopped:
+					case <-ctx.Done():
+						t.Error("broker not stopped before the test deadline")
+						return
+					}
+				}
 				e := testEvent(t, w, seq)
 				f, err := sendUntilAcked(ctx, s, tgt, e, 2*time.Second, 50*time.Millisecond)
 				failed.Add(int64(f))
@@ -126,9 +150,7 @@ func outageRun(t *testing.T, ctx context.Context, s Sink, tgt Target, watchers, 
 				mu.Lock()
 				sent[e.ID()] = true
 				mu.Unlock()
-				if acked.Add(1) >= total/3 {
-					once.Do(func() { go func() { defer close(outDone); outage() }() })
-				}
+				acked.Add(1)
 			}
 		})
 	}

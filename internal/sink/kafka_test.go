@@ -225,15 +225,10 @@ func TestKafkaSurvivesBrokerRestart(t *testing.T) {
 
 	const outage = 3 * time.Second
 	var restarted bool
-	sent, failures := outageRun(t, ctx, s, Target{Subject: "outage"}, 20, 30, func() {
-		c.Close()
-		select {
-		case <-time.After(outage):
-		case <-ctx.Done():
-		}
-		startKafka(t, port, dir)
-		restarted = true
-	})
+	sent, failures := outageRun(t, ctx, s, Target{Subject: "outage"}, 20, 30,
+		c.Close,
+		outage,
+		func() { startKafka(t, port, dir); restarted = true })
 	if !restarted {
 		t.Fatal("broker was not restarted")
 	}
