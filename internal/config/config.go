@@ -69,6 +69,10 @@ type JetStream struct {
 	// Stream that must capture the route's subjects; checked at start. When
 	// empty, any stream capturing the subjects will do.
 	Stream string `json:"stream,omitempty"`
+	// AckTimeout bounds the wait for one PubAck; a send whose ack does not
+	// come in time fails and is retried with the same Nats-Msg-Id.
+	// Defaults to 5s.
+	AckTimeout metav1.Duration `json:"ackTimeout,omitempty"`
 }
 
 // Kafka publishes with acks from all in-sync replicas.
@@ -79,6 +83,10 @@ type Kafka struct {
 	// BatchTimeout bounds how long a record waits for others to share its
 	// batch. Defaults to 10ms.
 	BatchTimeout metav1.Duration `json:"batchTimeout,omitempty"`
+	// WriteTimeout bounds one produce request to a broker. Defaults to 10s.
+	WriteTimeout metav1.Duration `json:"writeTimeout,omitempty"`
+	// ClientID is sent to the brokers. Defaults to "depbridge".
+	ClientID string `json:"clientID,omitempty"`
 }
 
 // SASL authentication for Kafka.
@@ -98,7 +106,8 @@ type HTTP struct {
 	TLS     *TLS              `json:"tls,omitempty"`
 }
 
-// Stdout writes one JSON event per line, for debugging.
+// Stdout writes one JSON (structured-mode) event per line to standard
+// output, for debugging.
 type Stdout struct{}
 
 // TLS client settings.
@@ -116,8 +125,10 @@ type Route struct {
 	// Sink is the name of a sink.
 	Sink string `json:"sink"`
 	// Subject is a text/template over the watcher (.Group, .Version, .Kind,
-	// .Namespace, .Name) giving the NATS subject or Kafka topic; ignored by
-	// HTTP and stdout. Defaults to
+	// .Namespace, .Name, .Selector) giving the NATS subject or Kafka topic;
+	// ignored by HTTP and stdout. Each value is escaped into one subject
+	// token ("my.cm" becomes "my_2Ecm", an empty value "_"; see
+	// docs/events.md). Defaults to
 	// "depbridge.reconcile.{{.Kind}}.{{.Namespace}}.{{.Name}}".
 	Subject string `json:"subject,omitempty"`
 	// Mode is the CloudEvents content mode: "binary" (default) or

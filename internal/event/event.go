@@ -1,0 +1,240 @@
+// Package event turns a reconcile request into a CloudEvent. It is pure: no
+// I/O, no clock, no randomness, so the same request always gives the same
+// event, and a retried request carries the same id.
+//
+// docs/events.md describes every attribute and data field, and
+// docs/events.schema.json is the JSON Schema of the data; the tests keep both
+// in step with this package.
+package event
+
+import (
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"strings"
+
+	ce "github.com/cloudevents/sdk-go/v2/event"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+
+	"github.com/depbridge/depbridge/internal/cache"
+	"github.com/depbridge/depbridge/internal/watch"
+)
+
+// Type is the CloudEvents type of every reconcile request. Its version
+// suffix changes when the data changes incompatibly.
+const Type = "io.depbridge.reconcile.v1"
+
+// DataContentType of every event's data.
+const DataContentType = "application/json"
+
+// Extension attribute names. CloudEvents attribute names are lowercase ASCII
+// letters and digits, and should not exceed 20 characters.
+const (
+	// ExtPartitionKey is the partitioning extension
+	// (cloudevents/spec extensions/partitioning.md): the watcher key, so one
+	// watcher's requests stay in order on one Kafka partition.
+	ExtPartitionKey = "partitionkey"
+	// ExtWatcherAPIVersion is the watcher's apiVersion ("v1", "apps/v1").
+	ExtWatcherAPIVersion = "watcherapiversion"
+	// ExtWatcherKind is the watcher's kind.
+	ExtWatcherKind = "watcherkind"
+	// ExtWatcherNamespace is the watcher's namespace; absent for a
+	// cluster-scoped watcher.
+	ExtWatcherNamespace = "watchernamespace"
+	// ExtWatcherName is the watcher's name; absent for a selector watcher.
+	ExtWatcherName = "watchername"
+)
+
+// Options of one event, from the route and the bridge's configuration.
+type Options struct {
+	// Cluster names the cluster in the source attribute. Defaults to
+	// "default".
+	Cluster string
+	// Instance names the bridge instance in the source attribute. Defaults
+	// to "depbridge".
+	Instance string
+	// IncludeObjects adds Objects to the data. Defaults to false.
+	IncludeObjects bool
+	// IncludeSecretData keeps the data and stringData of included core/v1
+	// Secrets; without it they are removed. Defaults to false.
+	IncludeSecretData bool
+	// Objects are the watched objects, as the caller's cache holds them.
+	// Used only with IncludeObjects; never modified; nil entries are
+	// skipped.
+	Objects []*unstructured.Unstructured
+}
+
+// Data is the data of a reconcile request event, encoded as JSON.
+type Data struct {
+	// Watcher is the watcher to reconcile.
+	Watcher cache.Ref `json:"watcher"`
+	// Causes say why, oldest first; never null, empty for a requeue.
+	Causes []watch.Cause `json:"causes"`
+	// Truncated counts causes dropped because too many were pending; when
+	// non-zero, every dependency may have changed.
+	Truncated int `json:"truncated"`
+	// Objects are snapshots of the watched objects, present only when the
+	// route includes objects.
+	Objects []map[string]any `json:"objects,omitempty"`
+}
+
+// New returns the CloudEvent of req. The id is a hash of the cluster, the
+// watcher and the ordered causes (not of the objects, nor of the time), so
+// the same request always has the same id. New fails only if an object
+// cannot be encoded as JSON.
+func New(req watch.Request, opts Options) (ce.Event, error) {
+	if opts.Cluster == "" {
+		opts.Cluster = "default"
+	}
+	if opts.Instance == "" {
+		opts.Instance = "depbridge"
+	}
+	key := watcherKey(req.Watcher)
+
+	d := Data{Watcher: req.Watcher, Causes: req.Causes, Truncated: req.Truncated}
+	if d.Causes == nil {
+		d.Causes = []watch.Cause{}
+	}
+	if opts.IncludeObjects {
+		d.Objects = objects(opts.Objects, opts.IncludeSecretData)
+	}
+	data, err := json.Marshal(&d)
+	if err != nil {
+		return ce.Event{}, fmt.Errorf("encode data of reconcile request for %s: %w", key, err)
+	}
+
+	// Setting the context fields directly skips the SDK's setter
+	// validation and copies; Validate below checks the result once.
+	ctx := &ce.EventContextV1{
+		ID:              ID(opts.Cluster, req),
+		Type:            Type,
+		Subject:         &key,
+		DataContentType: ptr(DataContentType),
+		Extensions: map[string]any{
+			ExtPartitionKey:      key,
+			ExtWatcherAPIVersion: apiVersion(req.Watcher),
+			ExtWatcherKind:       req.Watcher.Kind,
+		},
+	}
+	ctx.Source.URL.Scheme = "depbridge"
+	ctx.Source.URL.Host = opts.Cluster
+	ctx.Source.URL.Path = "/" + opts.Instance
+	if !req.Enqueued.IsZero() {
+		ctx.SetTime(req.Enqueued) //nolint:errcheck // never fails
+	}
+	if req.Watcher.Namespace != "" {
+		ctx.Extensions[ExtWatcherNamespace] = req.Watcher.Namespace
+	}
+	if req.Watcher.Name != "" {
+		ctx.Extensions[ExtWatcherName] = req.Watcher.Name
+	}
+	e := ce.Event{Context: ctx, DataEncoded: data}
+	if err := e.Validate(); err != nil {
+		return ce.Event{}, fmt.Errorf("reconcile request for %s: %w", key, err)
+	}
+	return e, nil
+}
+
+// ID is the deterministic event id of req in cluster: the first 128 bits,
+// in hex, of a SHA-256 over a length-prefixed encoding of the cluster, the
+// watcher, Truncated and every cause in order. The cluster is included
+// because JetStream deduplicates by id across the whole stream, whichever
+// source published.
+func ID(cluster string, req watch.Request) string {
+	var stack [1024]byte
+	b := appendStr(stack[:0], "depbridge.reconcile.v1")
+	b = appendStr(b, cluster)
+	b = appendRef(b, req.Watcher)
+	b = binary.AppendUvarint(b, uint64(req.Truncated))
+	for _, c := range req.Causes {
+		b = appendRef(b, c.Watched)
+		b = appendStr(b, c.Namespace)
+		b = appendStr(b, c.Name)
+		b = appendStr(b, string(c.UID))
+		b = appendStr(b, c.ResourceVersion)
+		b = appendStr(b, string(c.Op))
+		b = appendStr(b, c.Reason)
+	}
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:16])
+}
+
+// appendStr appends s with its length first, so that no two sequences of
+// strings encode alike.
+func appendStr(b []byte, s string) []byte {
+	b = binary.AppendUvarint(b, uint64(len(s)))
+	return append(b, s...)
+}
+
+func appendRef(b []byte, r cache.Ref) []byte {
+	b = appendStr(b, r.Group)
+	b = appendStr(b, r.Version)
+	b = appendStr(b, r.Kind)
+	b = appendStr(b, r.Namespace)
+	b = appendStr(b, r.Name)
+	return appendStr(b, r.Selector)
+}
+
+// objects returns the contents of objs, with Secret data and stringData
+// removed unless keepSecretData. The caller's maps are shared, never
+// modified: a redacted Secret gets a shallow copy of its top-level map.
+func objects(objs []*unstructured.Unstructured, keepSecretData bool) []map[string]any {
+	out := make([]map[string]any, 0, len(objs))
+	for _, u := range objs {
+		if u == nil || u.Object == nil {
+			continue
+		}
+		o := u.Object
+		if !keepSecretData && isSecret(u) {
+			c := make(map[string]any, len(o))
+			for k, v := range o {
+				if k != "data" && k != "stringData" {
+					c[k] = v
+				}
+			}
+			o = c
+		}
+		out = append(out, o)
+	}
+	return out
+}
+
+// isSecret reports whether u is a core/v1 Secret (group "", version v1).
+func isSecret(u *unstructured.Unstructured) bool {
+	return u.GetKind() == "Secret" && u.GetAPIVersion() == "v1"
+}
+
+func ptr[T any](v T) *T { return &v }
+
+// apiVersion is req.Watcher.APIVersion() without its allocations.
+func apiVersion(r cache.Ref) string {
+	if r.Group == "" {
+		return r.Version
+	}
+	return r.Group + "/" + r.Version
+}
+
+// watcherKey is r.Key(), built in one allocation.
+func watcherKey(r cache.Ref) string {
+	last := r.Name
+	sep := "/"
+	if r.Selector != "" {
+		last, sep = r.Selector, "/?"
+	}
+	var b strings.Builder
+	b.Grow(len(r.Group) + len(r.Version) + len(r.Kind) + len(r.Namespace) + len(last) + 6)
+	if r.Group != "" {
+		b.WriteString(r.Group)
+		b.WriteByte('/')
+	}
+	b.WriteString(r.Version)
+	b.WriteByte('/')
+	b.WriteString(r.Kind)
+	b.WriteByte('/')
+	b.WriteString(r.Namespace)
+	b.WriteString(sep)
+	b.WriteString(last)
+	return b.String()
+}

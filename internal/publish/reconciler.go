@@ -1,0 +1,164 @@
+// Package publish is the watch.Reconciler that turns each reconcile request
+// into a CloudEvent and publishes it: route the watcher, fetch the watched
+// objects if the route wants them, build the event (package event), render
+// the subject, and Send. It returns Send's error, wrapped, so the engine
+// retries the request (with its causes, so with the same event id) until
+// the broker acknowledges it: nothing is dropped after N attempts.
+package publish
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+
+	"github.com/depbridge/depbridge/internal/cache"
+	"github.com/depbridge/depbridge/internal/event"
+	"github.com/depbridge/depbridge/internal/sink"
+	"github.com/depbridge/depbridge/internal/watch"
+)
+
+// Router finds where a watcher's requests go.
+type Router interface {
+	Route(watcher cache.Ref) (*sink.Route, error)
+}
+
+// RouterFunc adapts a function to Router.
+type RouterFunc func(watcher cache.Ref) (*sink.Route, error)
+
+// Route calls f.
+func (f RouterFunc) Route(watcher cache.Ref) (*sink.Route, error) { return f(watcher) }
+
+// ObjectsFunc returns the objects watcher depends on, from the engine's
+// cache. It must not modify them later: the event shares their maps while
+// it is encoded.
+type ObjectsFunc func(watcher cache.Ref) ([]*unstructured.Unstructured, error)
+
+// Options of a Reconciler.
+type Options struct {
+	// Cluster and Instance name the event source
+	// ("depbridge://<cluster>/<instance>"). Default to "default" and
+	// "depbridge".
+	Cluster  string
+	Instance string
+	// Router is required.
+	Router Router
+	// Objects is called only for routes that include objects; a request
+	// for such a route fails when it is nil. Defaults to nil.
+	Objects ObjectsFunc
+	// Metrics records publishing; nil records nothing. Defaults to nil.
+	Metrics *Metrics
+	// Logger receives per-event Debug lines. Defaults to discarding.
+	Logger *slog.Logger
+}
+
+// Reconciler publishes reconcile requests. It is safe for concurrent use by
+// the engine's workers, which never reconcile one watcher concurrently.
+type Reconciler struct {
+	opts Options
+	log  *slog.Logger
+
+	mu      sync.Mutex
+	failing map[string]struct{} // watchers whose last publish failed
+}
+
+// New checks opts and returns a Reconciler.
+func New(opts Options) (*Reconciler, error) {
+	if opts.Router == nil {
+		return nil, errors.New("publish: a Router is required")
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Reconciler{opts: opts, log: log, failing: map[string]struct{}{}}, nil
+}
+
+// Reconcile publishes req and returns after the broker acknowledged it. On
+// failure it returns an error that wraps the sink's (so sink.RetryAfter
+// works on it) for the engine to retry; it never gives up on its own.
+func (r *Reconciler) Reconcile(ctx context.Context, req watch.Request) (watch.Result, error) {
+	key := req.Watcher.Key()
+	route, err := r.opts.Router.Route(req.Watcher)
+	if err != nil {
+		return watch.Result{}, fmt.Errorf("route watcher %s: %w", key, err)
+	}
+	if route == nil || route.Sink == nil {
+		return watch.Result{}, fmt.Errorf("route watcher %s: no route or no sink", key)
+	}
+	if err := r.publish(ctx, req, key, route); err != nil {
+		r.setFailing(key, true)
+		if m := r.opts.Metrics; m != nil {
+			m.failed.WithLabelValues(route.SinkName).Inc()
+		}
+		return watch.Result{}, err
+	}
+	r.setFailing(key, false)
+	return watch.Result{}, nil
+}
+
+func (r *Reconciler) publish(ctx context.Context, req watch.Request, key string, route *sink.Route) error {
+	opts := event.Options{
+		Cluster: r.opts.Cluster, Instance: r.opts.Instance,
+		IncludeObjects: route.IncludeObjects, IncludeSecretData: route.IncludeSecretData,
+	}
+	if route.IncludeObjects {
+		if r.opts.Objects == nil {
+			return fmt.Errorf("route %q includes objects, but the publisher has no way to fetch them", route.Name)
+		}
+		objs, err := r.opts.Objects(req.Watcher)
+		if err != nil {
+			return fmt.Errorf("fetch objects of watcher %s: %w", key, err)
+		}
+		opts.Objects = objs
+	}
+	e, err := event.New(req, opts)
+	if err != nil {
+		return err
+	}
+	t, err := route.Target(req.Watcher)
+	if err != nil {
+		return err
+	}
+	if r.isFailing(key) {
+		if m := r.opts.Metrics; m != nil {
+			m.retries.WithLabelValues(route.SinkName).Inc()
+		}
+	}
+	start := time.Now()
+	err = route.Sink.Send(ctx, t, e)
+	if m := r.opts.Metrics; m != nil {
+		m.duration.WithLabelValues(route.SinkName).Observe(time.Since(start).Seconds())
+	}
+	if err != nil {
+		return fmt.Errorf("publish reconcile request for %s (event %s) via route %q: %w", key, e.ID(), route.Name, err)
+	}
+	if m := r.opts.Metrics; m != nil {
+		m.published.WithLabelValues(route.SinkName).Inc()
+	}
+	r.log.Debug("published", "watcher", key, "event_id", e.ID(), "route", route.Name, "sink", route.SinkName, "subject", t.Subject)
+	return nil
+}
+
+func (r *Reconciler) isFailing(key string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	_, ok := r.failing[key]
+	return ok
+}
+
+func (r *Reconciler) setFailing(key string, failing bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if failing {
+		r.failing[key] = struct{}{}
+	} else {
+		delete(r.failing, key)
+	}
+}
+
+var _ watch.Reconciler = (*Reconciler)(nil)

@@ -1,0 +1,228 @@
+package publish
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	ce "github.com/cloudevents/sdk-go/v2/event"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+
+	"github.com/depbridge/depbridge/internal/cache"
+	"github.com/depbridge/depbridge/internal/config"
+	"github.com/depbridge/depbridge/internal/event"
+	"github.com/depbridge/depbridge/internal/sink"
+	"github.com/depbridge/depbridge/internal/watch"
+)
+
+// recorder is a scripted sink: it fails with the errors in fail, in order,
+// then accepts.
+type recorder struct {
+	mu      sync.Mutex
+	fail    []error
+	sent    []ce.Event
+	targets []sink.Target
+}
+
+func (r *recorder) Send(_ context.Context, t sink.Target, e ce.Event) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.fail) > 0 {
+		err := r.fail[0]
+		r.fail = r.fail[1:]
+		return err
+	}
+	r.sent = append(r.sent, e)
+	r.targets = append(r.targets, t)
+	return nil
+}
+
+func (r *recorder) Close(context.Context) error { return nil }
+
+var watcher = cache.Ref{Version: "v1", Kind: "ConfigMap", Namespace: "apps", Name: "web.deps"}
+
+func request() watch.Request {
+	return watch.Request{Watcher: watcher, Enqueued: time.Unix(1700000000, 0), Causes: []watch.Cause{{
+		Watched: cache.Ref{Version: "v1", Kind: "Secret", Namespace: "apps", Name: "db"}, Namespace: "apps", Name: "db",
+		UID: "u1", ResourceVersion: "7", Op: watch.OpModified,
+	}}}
+}
+
+func newRoute(t *testing.T, cfg config.Route, s sink.Sink) *sink.Route {
+	t.Helper()
+	cfg.Sink = "bus"
+	r, err := sink.NewRoute(cfg, config.Sink{Name: "bus", JetStream: &config.JetStream{}}, s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func TestReconcilePublishes(t *testing.T) {
+	rec := &recorder{}
+	route := newRoute(t, config.Route{Name: "r", Mode: "structured"}, rec)
+	reg := prometheus.NewPedanticRegistry()
+	m, err := NewMetrics(reg, "bus")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := New(Options{Cluster: "prod", Instance: "b0", Router: RouterFunc(func(cache.Ref) (*sink.Route, error) { return route, nil }), Metrics: m,
+		Objects: func(cache.Ref) ([]*unstructured.Unstructured, error) {
+			t.Error("objects fetched for a route without them")
+			return nil, nil
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Reconcile(context.Background(), request()); err != nil {
+		t.Fatal(err)
+	}
+	if len(rec.sent) != 1 {
+		t.Fatalf("sent %d events", len(rec.sent))
+	}
+	want, _ := event.New(request(), event.Options{Cluster: "prod", Instance: "b0"})
+	if got := rec.sent[0]; got.ID() != want.ID() || got.Source() != "depbridge://prod/b0" || string(got.Data()) != string(want.Data()) {
+		t.Errorf("sent %s", got)
+	}
+	if tgt := rec.targets[0]; tgt.Subject != "depbridge.reconcile.ConfigMap.apps.web_2Edeps" || tgt.Mode != sink.Structured {
+		t.Errorf("target = %+v", tgt)
+	}
+	if n := testutil.ToFloat64(m.published.WithLabelValues("bus")); n != 1 {
+		t.Errorf("published = %v", n)
+	}
+	if n := testutil.CollectAndCount(m.duration); n != 1 {
+		t.Errorf("%d duration series", n)
+	}
+	if problems, err := testutil.GatherAndLint(reg); err != nil || len(problems) > 0 {
+		t.Errorf("lint: %v %v", problems, err)
+	}
+}
+
+func TestReconcileRetriesUntilAcked(t *testing.T) {
+	unavailable := &sink.StatusError{StatusCode: 503, RetryAfter: 3 * time.Second}
+	rec := &recorder{fail: []error{unavailable, errors.New("nats: timeout")}}
+	route := newRoute(t, config.Route{Name: "r"}, rec)
+	m, _ := NewMetrics(prometheus.NewRegistry())
+	p, _ := New(Options{Router: RouterFunc(func(cache.Ref) (*sink.Route, error) { return route, nil }), Metrics: m})
+
+	_, err := p.Reconcile(context.Background(), request())
+	if !errors.Is(err, unavailable) {
+		t.Fatalf("err = %v, want the sink's error wrapped", err)
+	}
+	if d, ok := sink.RetryAfter(err); !ok || d != 3*time.Second {
+		t.Errorf("RetryAfter through the reconciler = %v, %v", d, ok)
+	}
+	if !strings.Contains(err.Error(), watcher.Key()) || !strings.Contains(err.Error(), `route "r"`) {
+		t.Errorf("err = %v, want the watcher and the route", err)
+	}
+	if _, err := p.Reconcile(context.Background(), request()); err == nil {
+		t.Fatal("second attempt should fail too")
+	}
+	if _, err := p.Reconcile(context.Background(), request()); err != nil {
+		t.Fatal(err)
+	}
+	if len(rec.sent) != 1 {
+		t.Errorf("sent %d", len(rec.sent))
+	}
+	for name, want := range map[string]float64{"failed": 2, "retries": 2, "published": 1} {
+		c := map[string]*prometheus.CounterVec{"failed": m.failed, "retries": m.retries, "published": m.published}[name]
+		if got := testutil.ToFloat64(c.WithLabelValues("bus")); got != want {
+			t.Errorf("%s = %v, want %v", name, got, want)
+		}
+	}
+	// A later request of the watcher is not a retry.
+	if _, err := p.Reconcile(context.Background(), request()); err != nil {
+		t.Fatal(err)
+	}
+	if got := testutil.ToFloat64(m.retries.WithLabelValues("bus")); got != 2 {
+		t.Errorf("retries = %v after a success, want 2", got)
+	}
+}
+
+func TestReconcileObjects(t *testing.T) {
+	secret := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "v1", "kind": "Secret", "metadata": map[string]any{"name": "db"}, "data": map[string]any{"pw": "c2VjcmV0"},
+	}}
+	tests := map[string]struct {
+		route      config.Route
+		objects    ObjectsFunc
+		wantErr    string
+		wantSecret bool
+	}{
+		"redacted": {
+			route: config.Route{Name: "r", IncludeObjects: true},
+			objects: func(cache.Ref) ([]*unstructured.Unstructured, error) {
+				return []*unstructured.Unstructured{secret}, nil
+			},
+		},
+		"secret data kept": {
+			route: config.Route{Name: "r", IncludeObjects: true, IncludeSecretData: true},
+			objects: func(cache.Ref) ([]*unstructured.Unstructured, error) {
+				return []*unstructured.Unstructured{secret}, nil
+			},
+			wantSecret: true,
+		},
+		"fetch fails": {
+			route:   config.Route{Name: "r", IncludeObjects: true},
+			objects: func(cache.Ref) ([]*unstructured.Unstructured, error) { return nil, errors.New("cache not synced") },
+			wantErr: "fetch objects of watcher v1/ConfigMap/apps/web.deps: cache not synced",
+		},
+		"no fetcher": {
+			route:   config.Route{Name: "r", IncludeObjects: true},
+			wantErr: `route "r" includes objects`,
+		},
+	}
+	for name, tt := range tests {
+		t.Run(name, func(t *testing.T) {
+			rec := &recorder{}
+			route := newRoute(t, tt.route, rec)
+			p, _ := New(Options{Router: RouterFunc(func(cache.Ref) (*sink.Route, error) { return route, nil }), Objects: tt.objects})
+			_, err := p.Reconcile(context.Background(), request())
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("err = %v, want %q", err, tt.wantErr)
+				}
+				if len(rec.sent) != 0 {
+					t.Error("sent despite the error")
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			data := string(rec.sent[0].Data())
+			if !strings.Contains(data, `"objects":[{`) || strings.Contains(data, "c2VjcmV0") != tt.wantSecret {
+				t.Errorf("data = %s", data)
+			}
+		})
+	}
+}
+
+func TestReconcileRouteErrors(t *testing.T) {
+	p, err := New(Options{Router: RouterFunc(func(w cache.Ref) (*sink.Route, error) {
+		return nil, fmt.Errorf("no route named %q", "missing")
+	})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Reconcile(context.Background(), request()); err == nil || !strings.Contains(err.Error(), `route watcher v1/ConfigMap/apps/web.deps: no route named "missing"`) {
+		t.Errorf("err = %v", err)
+	}
+	if _, err := New(Options{}); err == nil {
+		t.Error("New without a Router succeeded")
+	}
+	if _, err := NewMetrics(prometheus.NewRegistry()); err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	NewMetrics(reg)
+	if _, err := NewMetrics(reg); err == nil {
+		t.Error("registering twice succeeded")
+	}
+}

@@ -1,0 +1,308 @@
+package sink
+
+import (
+	"context"
+	"runtime"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/segmentio/kafka-go"
+	"github.com/twmb/franz-go/pkg/kfake"
+
+	"github.com/depbridge/depbridge/internal/cache"
+	"github.com/depbridge/depbridge/internal/config"
+	"github.com/depbridge/depbridge/internal/event"
+	"github.com/depbridge/depbridge/internal/watch"
+)
+
+// Each benchmark iteration publishes benchEvents reconcile requests through
+// the bridge path (event.New + Route.Target + Send, with benchSenders
+// concurrent senders standing in for the engine's workers, each Send
+// waiting for its ack), then the same number of same-size messages through
+// the raw client, and reports both rates and their ratio.
+const (
+	benchEvents   = 20000
+	benchSenders  = 128
+	benchWatchers = 1000
+)
+
+// benchRequests are the requests of iteration iter: benchWatchers watchers,
+// one cause each, ids unique across iterations (so JetStream's duplicate
+// window drops nothing).
+func benchRequests(iter int) []watch.Request {
+	reqs := make([]watch.Request, benchEvents)
+	for i := range reqs {
+		reqs[i] = watch.Request{
+			Watcher: cache.Ref{Version: "v1", Kind: "ConfigMap", Namespace: "team-" + strconv.Itoa(i%7), Name: "watcher-" + strconv.Itoa(i%benchWatchers)},
+			Causes: []watch.Cause{{
+				Watched:   cache.Ref{Version: "v1", Kind: "Secret", Namespace: "team-" + strconv.Itoa(i%7), Name: "db-credentials"},
+				Namespace: "team-" + strconv.Itoa(i%7), Name: "db-credentials", UID: "6f1c8d2e-3b1a-4c7e-9f0a-2d4b6c8e0f12",
+				ResourceVersion: strconv.Itoa(iter*benchEvents + i), Op: watch.OpModified,
+			}},
+			Enqueued: time.Unix(1700000000, 0),
+		}
+	}
+	return reqs
+}
+
+// runConcurrent calls send(i) for every i < n from benchSenders goroutines
+// and returns how long it took.
+func runConcurrent(b *testing.B, n int, send func(ctx context.Context, i int) error) time.Duration {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	start := time.Now()
+	for range benchSenders {
+		wg.Go(func() {
+			for {
+				i := next.Add(1) - 1
+				if i >= int64(n) {
+					return
+				}
+				if err := send(ctx, int(i)); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	return time.Since(start)
+}
+
+// runBridge sends reqs through route the way the publisher does: build
+// the event, render the subject, Send.
+func runBridge(b *testing.B, route *Route, reqs []watch.Request) time.Duration {
+	return runConcurrent(b, len(reqs), func(ctx context.Context, i int) error {
+		e, err := event.New(reqs[i], event.Options{Cluster: "bench", Instance: "b"})
+		if err != nil {
+			return err
+		}
+		tgt, err := route.Target(reqs[i].Watcher)
+		if err != nil {
+			return err
+		}
+		return route.Sink.Send(ctx, tgt, e)
+	})
+}
+
+// natsSize is the wire size of a message's headers and data.
+func natsSize(m *nats.Msg) int {
+	n := len(m.Data) + len("NATS/1.0\r\n\r\n")
+	for k, vs := range m.Header {
+		for _, v := range vs {
+			n += len(k) + len(v) + 4
+		}
+	}
+	return n
+}
+
+// reportRates reports the bridge's rate, the raw client's bulk rate and
+// their ratio, and the rate and ratio of the raw client driven like the
+// bridge (same pre-encoded messages, same concurrency, each publish
+// waiting for its ack), which separates the bridge's own cost (encoding,
+// Send) from the cost of waiting for every ack.
+func reportRates(b *testing.B, bridge, raw, rawConc time.Duration) {
+	n := float64(b.N * benchEvents)
+	events, rawRate, concRate := n/bridge.Seconds(), n/raw.Seconds(), n/rawConc.Seconds()
+	b.ReportMetric(events, "events/s")
+	b.ReportMetric(rawRate, "raw/s")
+	b.ReportMetric(events/rawRate, "ratio")
+	b.ReportMetric(concRate, "rawsync/s")
+	b.ReportMetric(events/concRate, "ratio_sync")
+	b.ReportMetric(benchSenders, "senders")
+	b.ReportMetric(0, "ns/op") // the rates above are the result
+}
+
+func BenchmarkJetStream(b *testing.B) {
+	srv := startNATS(b, 0, b.TempDir())
+	_, js := connectJS(b, srv.ClientURL())
+	createStream(b, js, "BENCH", "bench.>")
+	s := newJetStreamSink(b, srv.ClientURL(), "BENCH", nil)
+	route, err := NewRoute(config.Route{Name: "bench", Sink: "js", Subject: "bench.{{.Kind}}.{{.Namespace}}.{{.Name}}"},
+		config.Sink{Name: "js", JetStream: &config.JetStream{}}, s)
+	if err != nil {
+		b.Fatal(err)
+	}
+	sample, _ := event.New(benchRequests(0)[0], event.Options{Cluster: "bench", Instance: "b"})
+	m, _ := encodeNATS(context.Background(), "x", Binary, &sample)
+	payload := make([]byte, natsSize(m))
+	b.ReportMetric(float64(len(payload)), "bytes/msg")
+
+	var bridge, raw, rawSync time.Duration
+	for i := 0; i < b.N; i++ {
+		reqs := benchRequests(i)
+		bridge += runBridge(b, route, reqs)
+
+		// Raw, driven like the bridge: the same messages, encoded
+		// beforehand, with other ids so the stream keeps them.
+		msgs := make([]*nats.Msg, len(reqs))
+		for j, r := range reqs {
+			e, _ := event.New(r, event.Options{Cluster: "rawsync"})
+			msgs[j], _ = encodeNATS(context.Background(), "bench.rawsync."+strconv.Itoa(j%benchWatchers), Binary, &e)
+		}
+		rawSync += runConcurrent(b, len(msgs), func(ctx context.Context, j int) error {
+			f, err := js.PublishMsgAsync(msgs[j], jetstream.WithMsgID(msgs[j].Header.Get("ce-id")))
+			if err != nil {
+				return err
+			}
+			select {
+			case <-f.Ok():
+				return nil
+			case err := <-f.Err():
+				return err
+			}
+		})
+
+		var failed atomic.Int64
+		start := time.Now()
+		for j := range benchEvents {
+			f, err := js.PublishAsync("bench.raw."+strconv.Itoa(j%benchWatchers), payload)
+			if err != nil {
+				b.Fatal(err)
+			}
+			_ = f
+		}
+		select {
+		case <-js.PublishAsyncComplete():
+		case <-time.After(time.Minute):
+			b.Fatal("raw publishes not acked within a minute")
+		}
+		raw += time.Since(start)
+		if failed.Load() > 0 {
+			b.Fatalf("%d raw publishes failed", failed.Load())
+		}
+	}
+	reportRates(b, bridge, raw, rawSync)
+}
+
+// BenchmarkKafka runs with the default batch timeout (10ms) and with 1ms:
+// a Send waits for its batch to fill (100 records per partition) or time
+// out, so with fewer concurrent senders per partition than that, the rate
+// is bounded by senders per batch timeout.
+func BenchmarkKafka(b *testing.B) {
+	for _, bt := range []time.Duration{defaultBatchTimeout, time.Millisecond} {
+		b.Run("batch="+bt.String(), func(b *testing.B) { benchKafka(b, bt) })
+	}
+}
+
+func benchKafka(b *testing.B, batchTimeout time.Duration) {
+	const partitions = 8
+	c := startKafka(b, 0, "", kfake.NumBrokers(1), kfake.SeedTopics(partitions, "bench"))
+	addr := c.ListenAddrs()[0]
+	s, err := NewKafka("k", config.Kafka{Brokers: []string{addr}, BatchTimeout: durationOf(batchTimeout)}, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close(context.Background())
+	route, err := NewRoute(config.Route{Name: "bench", Sink: "k", Subject: "bench"}, config.Sink{Name: "k", Kafka: &config.Kafka{}}, s)
+	if err != nil {
+		b.Fatal(err)
+	}
+	w := &kafka.Writer{
+		Addr: kafka.TCP(addr), Balancer: &kafka.Hash{}, RequiredAcks: kafka.RequireAll, Async: false,
+		BatchTimeout: batchTimeout, BatchSize: kafkaBatchSize, BatchBytes: kafkaBatchBytes,
+	}
+	defer w.Close()
+	sample, _ := event.New(benchRequests(0)[0], event.Options{Cluster: "bench", Instance: "b"})
+	km, _ := encodeKafka(context.Background(), "bench", Binary, &sample)
+	size := len(km.Value)
+	for _, h := range km.Headers {
+		size += len(h.Key) + len(h.Value)
+	}
+	b.ReportMetric(float64(size), "bytes/msg")
+	msgs := make([]kafka.Message, benchEvents)
+	for j := range msgs {
+		msgs[j] = kafka.Message{Topic: "bench", Key: []byte("v1/ConfigMap/ns/watcher-" + strconv.Itoa(j%benchWatchers)), Value: make([]byte, size-len(km.Key))}
+	}
+
+	var bridge, raw, rawSync time.Duration
+	for i := 0; i < b.N; i++ {
+		reqs := benchRequests(i)
+		bridge += runBridge(b, route, reqs)
+
+		encoded := make([]kafka.Message, len(reqs))
+		for j, r := range reqs {
+			e, _ := event.New(r, event.Options{Cluster: "rawsync"})
+			encoded[j], _ = encodeKafka(context.Background(), "bench", Binary, &e)
+		}
+		rawSync += runConcurrent(b, len(encoded), func(ctx context.Context, j int) error {
+			return w.WriteMessages(ctx, encoded[j])
+		})
+
+		start := time.Now()
+		if err := w.WriteMessages(context.Background(), msgs...); err != nil {
+			b.Fatal(err)
+		}
+		raw += time.Since(start)
+	}
+	reportRates(b, bridge, raw, rawSync)
+}
+
+// BenchmarkEncode measures the encode path of one event: event.New,
+// Route.Target and the binding writer, per transport and mode. Each
+// iteration encodes encodeBatch events, so -benchtime 1x gives stable
+// per-event numbers (ns/event, allocs/event, B/event).
+func BenchmarkEncode(b *testing.B) {
+	const encodeBatch = 2000
+	reqs := benchRequests(0)[:encodeBatch]
+	natsRoute, _ := NewRoute(config.Route{Name: "r", Sink: "s"}, config.Sink{Name: "s", JetStream: &config.JetStream{}}, nil)
+	kafkaRoute, _ := NewRoute(config.Route{Name: "r", Sink: "s", Subject: "bench"}, config.Sink{Name: "s", Kafka: &config.Kafka{}}, nil)
+	ctx := context.Background()
+	encoders := map[string]func(r watch.Request, mode Mode) error{
+		"nats": func(r watch.Request, mode Mode) error {
+			e, err := event.New(r, event.Options{})
+			if err != nil {
+				return err
+			}
+			t, err := natsRoute.Target(r.Watcher)
+			if err != nil {
+				return err
+			}
+			_, err = encodeNATS(ctx, t.Subject, mode, &e)
+			return err
+		},
+		"kafka": func(r watch.Request, mode Mode) error {
+			e, err := event.New(r, event.Options{})
+			if err != nil {
+				return err
+			}
+			t, err := kafkaRoute.Target(r.Watcher)
+			if err != nil {
+				return err
+			}
+			_, err = encodeKafka(ctx, t.Subject, mode, &e)
+			return err
+		},
+	}
+	for _, transport := range []string{"nats", "kafka"} {
+		for _, mode := range []Mode{Binary, Structured} {
+			b.Run(transport+"/"+mode.String(), func(b *testing.B) {
+				encode := encoders[transport]
+				var before, after runtime.MemStats
+				runtime.ReadMemStats(&before)
+				start := time.Now()
+				for i := 0; i < b.N; i++ {
+					for _, r := range reqs {
+						if err := encode(r, mode); err != nil {
+							b.Fatal(err)
+						}
+					}
+				}
+				elapsed := time.Since(start)
+				runtime.ReadMemStats(&after)
+				n := float64(b.N * encodeBatch)
+				b.ReportMetric(float64(elapsed.Nanoseconds())/n, "ns/event")
+				b.ReportMetric(float64(after.Mallocs-before.Mallocs)/n, "allocs/event")
+				b.ReportMetric(float64(after.TotalAlloc-before.TotalAlloc)/n, "B/event")
+				b.ReportMetric(0, "ns/op")
+			})
+		}
+	}
+}

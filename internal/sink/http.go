@@ -1,0 +1,216 @@
+package sink
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/cloudevents/sdk-go/v2/binding"
+	ce "github.com/cloudevents/sdk-go/v2/event"
+	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
+
+	"github.com/depbridge/depbridge/internal/config"
+)
+
+const (
+	defaultHTTPTimeout = 10 * time.Second
+	// maxErrorBody bounds how much of a failed response's body goes into
+	// the error and the log.
+	maxErrorBody = 512
+)
+
+// HTTP posts each event to a URL with sdk-go's HTTP protocol binding (plus
+// the percent-encoding of ce- header values that sdk-go omits). Any
+// 2xx response is the acknowledgement. A 429 or 5xx response gives a
+// *StatusError whose RetryAfter holds the server's Retry-After (see
+// RetryAfter); any other status gives a *StatusError with the start of the
+// response body, which is also logged.
+type HTTP struct {
+	client   *http.Client
+	url      string
+	endpoint string // url without credentials or query, for errors and logs
+	headers  http.Header
+	timeout  time.Duration
+	log      *slog.Logger
+	inflight inflight
+}
+
+// NewHTTP checks cfg and prepares a client; it sends nothing.
+func NewHTTP(name string, cfg config.HTTP, log *slog.Logger) (*HTTP, error) {
+	log = orDiscard(log)
+	u, err := url.Parse(cfg.URL)
+	if err != nil {
+		return nil, fmt.Errorf("http: url: %w", err)
+	}
+	if u.Scheme != "http" && u.Scheme != "https" || u.Host == "" {
+		return nil, fmt.Errorf("http: url %q: want http:// or https:// and a host", u.Redacted())
+	}
+	headers := make(http.Header, len(cfg.Headers))
+	for k, v := range cfg.Headers {
+		lk := strings.ToLower(k)
+		if strings.HasPrefix(lk, "ce-") || lk == "content-type" || lk == "content-length" {
+			return nil, fmt.Errorf("http: header %q is set by the CloudEvents binding, not by configuration", k)
+		}
+		headers.Set(k, v)
+	}
+	t, err := tlsConfig(cfg.TLS)
+	if err != nil {
+		return nil, fmt.Errorf("http: %w", err)
+	}
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.TLSClientConfig = t
+	tr.MaxIdleConnsPerHost = 128
+	timeout := cfg.Timeout.Duration
+	if timeout <= 0 {
+		timeout = defaultHTTPTimeout
+	}
+	return &HTTP{
+		client:   &http.Client{Transport: tr},
+		url:      cfg.URL,
+		endpoint: u.Scheme + "://" + u.Host + u.Path,
+		headers:  headers,
+		timeout:  timeout,
+		log:      log.With("endpoint", u.Scheme+"://"+u.Host+u.Path),
+	}, nil
+}
+
+// Send posts e in t.Mode and waits for the response, for at most the
+// sink's timeout.
+func (s *HTTP) Send(ctx context.Context, t Target, e ce.Event) error {
+	if err := s.inflight.add(); err != nil {
+		return err
+	}
+	defer s.inflight.done()
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.url, nil)
+	if err != nil {
+		return fmt.Errorf("publish %s to %s: %w", e.ID(), s.endpoint, err)
+	}
+	for k, v := range s.headers {
+		req.Header[k] = v
+	}
+	wctx := ctx
+	if t.Mode == Structured {
+		wctx = binding.WithForceStructured(ctx)
+	}
+	if err := cehttp.WriteRequest(wctx, binding.ToMessage(&e), req); err != nil {
+		return fmt.Errorf("encode event %s for HTTP (%s mode): %w", e.ID(), t.Mode, err)
+	}
+	if t.Mode == Binary {
+		percentEncodeCEHeaders(req.Header)
+	}
+	resp, err := s.client.Do(req)
+	if err != nil {
+		return fmt.Errorf("publish %s to %s: %w", e.ID(), s.endpoint, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode >= 200 && resp.StatusCode < 300 {
+		// Drain a little so the connection can be reused.
+		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+		return nil
+	}
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
+	serr := &StatusError{StatusCode: resp.StatusCode, Body: string(body)}
+	if serr.Retryable() {
+		serr.RetryAfter = parseRetryAfter(resp.Header.Get("Retry-After"), time.Now())
+	} else {
+		s.log.Warn("receiver rejected event", "event_id", e.ID(), "status", resp.StatusCode, "body", serr.Body)
+	}
+	return fmt.Errorf("publish %s to %s: %w", e.ID(), s.endpoint, serr)
+}
+
+// Close waits for running Sends and closes idle connections.
+func (s *HTTP) Close(ctx context.Context) error {
+	_, err := s.inflight.close(ctx)
+	s.client.CloseIdleConnections()
+	if err != nil {
+		return fmt.Errorf("close: %w", err)
+	}
+	return nil
+}
+
+// percentEncodeCEHeaders percent-encodes the values of the ce- headers as
+// the HTTP binding requires (§3.1.3.2: space, '"', '%' and bytes outside
+// printable ASCII). sdk-go's HTTP writer puts values in raw, so a selector
+// watcher's subject would go out with spaces and a control character would
+// make net/http refuse the request; Content-Type (datacontenttype) is an
+// HTTP header with its own syntax and is left alone.
+func percentEncodeCEHeaders(h http.Header) {
+	for k, vs := range h {
+		if len(k) > 3 && (k[:3] == "Ce-" || k[:3] == "ce-") {
+			for i, v := range vs {
+				vs[i] = percentEncode(v)
+			}
+		}
+	}
+}
+
+// StatusError is an HTTP response that is not a 2xx.
+type StatusError struct {
+	StatusCode int
+	// RetryAfter is the server's Retry-After for a retryable status; zero
+	// when absent or unparsable.
+	RetryAfter time.Duration
+	// Body is the start of the response body (at most 512 bytes).
+	Body string
+}
+
+// Retryable reports a status that says "try again later": 408, 429, 5xx.
+// Other statuses are errors too, and the engine retries them as well (it
+// never drops), but they need someone to fix the receiver or the route.
+func (e *StatusError) Retryable() bool {
+	return e.StatusCode == http.StatusTooManyRequests || e.StatusCode == http.StatusRequestTimeout || e.StatusCode >= 500
+}
+
+func (e *StatusError) Error() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "HTTP %d %s", e.StatusCode, http.StatusText(e.StatusCode))
+	if e.RetryAfter > 0 {
+		fmt.Fprintf(&b, " (retry after %s)", e.RetryAfter)
+	}
+	if body := strings.TrimSpace(e.Body); body != "" {
+		fmt.Fprintf(&b, ": %q", body)
+	}
+	return b.String()
+}
+
+// RetryAfter returns how long the receiver asked the caller to wait before
+// retrying, when err carries such a request (an HTTP 429 or 5xx with a
+// Retry-After header). The engine's backoff should wait at least that long.
+func RetryAfter(err error) (time.Duration, bool) {
+	var serr *StatusError
+	if errors.As(err, &serr) && serr.RetryAfter > 0 {
+		return serr.RetryAfter, true
+	}
+	return 0, false
+}
+
+// parseRetryAfter reads a Retry-After value (RFC 9110 §10.2.3): a number of
+// seconds or an HTTP date. It returns 0 for an absent, invalid or past
+// value.
+func parseRetryAfter(v string, now time.Time) time.Duration {
+	v = strings.TrimSpace(v)
+	if v == "" {
+		return 0
+	}
+	if secs, err := strconv.ParseInt(v, 10, 64); err == nil {
+		if secs <= 0 {
+			return 0
+		}
+		return time.Duration(min(secs, int64(24*time.Hour/time.Second))) * time.Second
+	}
+	if t, err := http.ParseTime(v); err == nil && t.After(now) {
+		return t.Sub(now)
+	}
+	return 0
+}
+
+var _ Sink = (*HTTP)(nil)
