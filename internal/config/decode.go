@@ -13,8 +13,8 @@ import (
 	"strings"
 
 	"go.yaml.in/yaml/v3"
-	sigsjson "sigs.k8s.io/json"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	sigsjson "sigs.k8s.io/json"
 )
 
 // This file turns a YAML node tree into the JSON that sigs.k8s.io/json
