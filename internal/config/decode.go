@@ -254,7 +254,7 @@ func (d *decoder) object(n *yaml.Node, t reflect.Type, path string) any {
 			d.errorf(k, p, "unknown field%s", suggest(key, fields))
 			return
 		}
-		d.pos[p] = pos{k.Line, k.Column}
+		d.pos[p] = entryPos(k, v)
 		out[key] = d.value(v, f.Type, p)
 	})
 	return out
@@ -273,7 +273,7 @@ func (d *decoder) mapping(n *yaml.Node, t reflect.Type, path string) any {
 	out := make(map[string]any, len(n.Content)/2)
 	d.entries(n, path, func(key string, k, v *yaml.Node) {
 		p := path + "[" + strconv.Quote(key) + "]"
-		d.pos[p] = pos{k.Line, k.Column}
+		d.pos[p] = entryPos(k, v)
 		out[key] = d.value(v, t.Elem(), p)
 	})
 	return out
@@ -488,6 +488,15 @@ func describe(n *yaml.Node) string {
 		return "null"
 	}
 	return "a document"
+}
+
+// entryPos is the position recorded for a mapping entry: that of a scalar
+// value, which a problem with the value is about, else that of the key.
+func entryPos(k, v *yaml.Node) pos {
+	if v.Kind == yaml.ScalarNode || v.Kind == yaml.AliasNode && v.Alias != nil && v.Alias.Kind == yaml.ScalarNode {
+		return pos{v.Line, v.Column}
+	}
+	return pos{k.Line, k.Column}
 }
 
 // joinPath appends field name to path.

@@ -196,7 +196,7 @@ func (v *validator) natsConn(p string, c *NATSConn) {
 	} else {
 		for i, u := range strings.Split(c.URL, ",") {
 			if err := checkURL(strings.TrimSpace(u), "nats", "tls", "ws", "wss"); err != nil {
-				v.errorf(p+".url", "server %d of %s: %v", i+1, p+".url", err)
+				v.errorf(p+".url", "server %d: %v", i+1, err)
 			}
 		}
 	}
@@ -343,7 +343,7 @@ func (v *validator) routeExists(name string) bool {
 }
 
 func (v *validator) subscription(p string, i int, s *Subscription, watchers map[cache.Ref]int) {
-	if w, ok := v.ref(p+".watcher", s.Watcher); ok {
+	if w, ok := v.ref(p+".watcher", s.Watcher, watcherKindPattern); ok {
 		if j, dup := watchers[w]; dup {
 			v.errorf(p+".watcher", "duplicate watcher: subscriptions[%d] has it too", j)
 		} else {
@@ -356,7 +356,7 @@ func (v *validator) subscription(p string, i int, s *Subscription, watchers map[
 	seen := map[cache.Ref]int{}
 	for j, r := range s.Watched {
 		wp := fmt.Sprintf("%s.watched[%d]", p, j)
-		if cr, ok := v.ref(wp, r); ok {
+		if cr, ok := v.ref(wp, r, kindPattern); ok {
 			if k, dup := seen[cr]; dup {
 				v.errorf(wp, "duplicate of watched[%d]", k)
 			} else {
@@ -372,11 +372,20 @@ func (v *validator) subscription(p string, i int, s *Subscription, watchers map[
 	}
 }
 
-var kindPattern = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9]*$`)
+var (
+	// kindPattern is what a watched kind looks like: CamelCase, as in
+	// ConfigMap, not the resource name configmaps.
+	kindPattern = regexp.MustCompile(`^[A-Z][A-Za-z0-9]*$`)
+	// watcherKindPattern is looser: a watcher need not be a Kubernetes
+	// object.
+	watcherKindPattern = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9]*$`)
+)
+
+const kindMsg = "a kind is CamelCase letters and digits, such as ConfigMap (not the resource name configmaps)"
 
 // ref checks r and returns its canonical form; ok is false when r has a
 // problem, each reported at the field it concerns.
-func (v *validator) ref(p string, r cache.Ref) (canonical cache.Ref, ok bool) {
+func (v *validator) ref(p string, r cache.Ref, kinds *regexp.Regexp) (canonical cache.Ref, ok bool) {
 	if r == (cache.Ref{}) {
 		v.errorf(p, "is required")
 		return r, false
@@ -394,8 +403,12 @@ func (v *validator) ref(p string, r cache.Ref) (canonical cache.Ref, ok bool) {
 	}
 	if r.Kind == "" {
 		v.errorf(p+".kind", "is required")
-	} else if !kindPattern.MatchString(r.Kind) {
-		v.errorf(p+".kind", "a kind is a letter followed by letters and digits, such as ConfigMap")
+	} else if !kinds.MatchString(r.Kind) {
+		if kinds == kindPattern {
+			v.errorf(p+".kind", kindMsg)
+		} else {
+			v.errorf(p+".kind", "a kind is a letter followed by letters and digits")
+		}
 	}
 	if r.Namespace != "" {
 		if msgs := validation.IsDNS1123Label(r.Namespace); len(msgs) > 0 {
@@ -476,7 +489,7 @@ func (v *validator) control(p string, ctl *Control) {
 		})
 		v.policyList(rp+".kinds", rule.Kinds, func(k string) error {
 			if !kindPattern.MatchString(k) {
-				return errors.New("a kind is a letter followed by letters and digits, such as ConfigMap")
+				return errors.New(kindMsg)
 			}
 			return nil
 		})
