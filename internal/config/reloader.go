@@ -28,8 +28,10 @@ type Reloader struct {
 	// Interval between polls. Defaults to 1s.
 	Interval time.Duration
 	// OnChange receives each new valid configuration (validated, so with
-	// canonical Refs). It is called from Start's goroutine, one call at a
-	// time; polling waits for it to return. Required.
+	// canonical Refs), but not a version identical to the one in force
+	// (after a bad edit is undone, say). It is called from Start's
+	// goroutine, one call at a time; polling waits for it to return.
+	// Required.
 	OnChange func(*Config)
 	// OnError receives each new problem: an error of Load or Validate (see
 	// FieldErrors). Called like OnChange. Optional.
