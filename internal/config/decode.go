@@ -255,9 +255,24 @@ func (d *decoder) object(n *yaml.Node, t reflect.Type, path string) any {
 			return
 		}
 		d.pos[p] = entryPos(k, v)
-		out[key] = d.value(v, f.Type, p)
+		val := d.value(v, f.Type, p)
+		if val == nil && isNullNode(v) {
+			// A field written with no value ("timeout:") is left out:
+			// into a new Config that is what JSON null does, except to a
+			// json.Unmarshaler such as metav1.Duration, which fails on it.
+			return
+		}
+		out[key] = val
 	})
 	return out
+}
+
+// isNullNode reports whether n is null, through an alias.
+func isNullNode(n *yaml.Node) bool {
+	if n.Kind == yaml.AliasNode && n.Alias != nil {
+		n = n.Alias
+	}
+	return isNull(n)
 }
 
 // mapping checks a mapping against map type t (string keys).

@@ -125,6 +125,11 @@ subscriptions:
 			yaml: "cluster:\nengine: ~\nsinks: null\n---\n",
 			want: Config{Cluster: "default", Listen: ":8080", Engine: Engine{Workers: 4}},
 		},
+		"a duration with no value is left out": {
+			yaml: "sinks:\n  - name: h\n    http:\n      url: http://x\n      timeout:\n",
+			want: Config{Cluster: "default", Listen: ":8080", Engine: Engine{Workers: 4},
+				Sinks: []Sink{{Name: "h", HTTP: &HTTP{URL: "http://x", Timeout: metav1.Duration{Duration: 10 * time.Second}}}}},
+		},
 		"JSON is YAML": {
 			yaml: `{"cluster": "c", "engine": {"workers": 7}}`,
 			want: Config{Cluster: "c", Listen: ":8080", Engine: Engine{Workers: 7}},
@@ -415,17 +420,17 @@ func TestExpandEnv(t *testing.T) {
 			yaml: head + "kafka:\n    brokers: ['k:1']\n    sasl:\n      mechanism: PLAIN\n      username: '${KUSER}'\n      password: '${KPASS}'\n",
 			env:  env("KUSER", "u"),
 			wantErr: []string{
-				"t.yaml:8:7: sinks[0].kafka.sasl.password: environment variable KPASS is not set",
+				"t.yaml:8:17: sinks[0].kafka.sasl.password: environment variable KPASS is not set",
 			},
 		},
 		"malformed references": {
 			yaml: head + "http:\n    url: http://x\n    headers: {A: 'x${', B: '${}', C: '${1X}', D: '${a b}'}\n",
 			env:  env(),
 			wantErr: []string{
-				`t.yaml:5:15: sinks[0].http.headers["A"]: "${" without a closing "}"`,
-				`t.yaml:5:25: sinks[0].http.headers["B"]: "${...}" must enclose an environment variable name ([A-Za-z_][A-Za-z0-9_]*)`,
-				`t.yaml:5:35: sinks[0].http.headers["C"]: "${...}" must enclose an environment variable name ([A-Za-z_][A-Za-z0-9_]*)`,
-				`t.yaml:5:47: sinks[0].http.headers["D"]: "${...}" must enclose an environment variable name ([A-Za-z_][A-Za-z0-9_]*)`,
+				`t.yaml:5:18: sinks[0].http.headers["A"]: "${" without a closing "}"`,
+				`t.yaml:5:28: sinks[0].http.headers["B"]: "${...}" must enclose an environment variable name ([A-Za-z_][A-Za-z0-9_]*)`,
+				`t.yaml:5:38: sinks[0].http.headers["C"]: "${...}" must enclose an environment variable name ([A-Za-z_][A-Za-z0-9_]*)`,
+				`t.yaml:5:50: sinks[0].http.headers["D"]: "${...}" must enclose an environment variable name ([A-Za-z_][A-Za-z0-9_]*)`,
 			},
 		},
 	}
