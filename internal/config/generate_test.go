@@ -442,19 +442,16 @@ func spliceReference(doc, ref string) (string, error) {
 
 // schemaDoc is the part of a JSON schema the reference needs.
 type schemaDoc struct {
-	Ref                  string                `json:"$ref"`
-	Type                 string                `json:"type"`
-	Description          string                `json:"description"`
-	Default              any                   `json:"default"`
-	Enum                 []any                 `json:"enum"`
-	Items                *schemaDoc            `json:"items"`
-	AdditionalProperties any                   `json:"additionalProperties"`
-	Properties           orderedProps          `json:"properties"`
-	Required             []string              `json:"required"`
-	Defs                 orderedDefs           `json:"$defs"`
-	Minimum              *float64              `json:"minimum"`
-	MinItems             *int                  `json:"minItems"`
-	extra                map[string]*schemaDoc `json:"-"`
+	Ref                  string       `json:"$ref"`
+	Type                 string       `json:"type"`
+	Description          string       `json:"description"`
+	Default              any          `json:"default"`
+	Enum                 []any        `json:"enum"`
+	Items                *schemaDoc   `json:"items"`
+	AdditionalProperties any          `json:"additionalProperties"`
+	Properties           orderedProps `json:"properties"`
+	Required             []string     `json:"required"`
+	Defs                 orderedDefs  `json:"$defs"`
 }
 
 type namedSchema struct {
