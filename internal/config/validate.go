@@ -43,7 +43,8 @@ import (
 //     not negative.
 //   - Routes: names are non-empty and unique; the sink exists; mode is
 //     binary or structured; subject is a text/template that uses only
-//     .Group, .Version, .Kind, .Namespace and .Name (no range), and renders
+//     .Group, .Version, .Kind, .Namespace and .Name (no range, define or
+//     template calls), and renders
 //     a non-empty subject; includeSecretData needs includeObjects.
 //   - Subscriptions: the watcher and every watched Ref are valid (version
 //     and kind set, exactly one of name and selector, a selector that
@@ -587,13 +588,11 @@ func checkSubject(s string) error {
 	if err != nil {
 		return fmt.Errorf("invalid template: %s", strings.TrimPrefix(err.Error(), "template: "))
 	}
-	for _, tt := range t.Templates() {
-		if tt.Tree == nil {
-			continue
-		}
-		if err := checkTemplateNode(tt.Tree.Root); err != nil {
-			return err
-		}
+	if len(t.Templates()) > 1 {
+		return errors.New("invalid template: define and block are not supported in a subject")
+	}
+	if err := checkTemplateNode(t.Tree.Root); err != nil {
+		return err
 	}
 	w := &limitedWriter{n: maxSubjectBytes}
 	err = t.Execute(w, subjectFields{Group: "apps", Version: "v1", Kind: "Deployment", Namespace: "ns", Name: "name"})
@@ -608,8 +607,9 @@ func checkSubject(s string) error {
 	return nil
 }
 
-// checkTemplateNode reports a field other than those of subjectFields, or a
-// range (which could loop without bound), anywhere under n.
+// checkTemplateNode reports a field other than those of subjectFields, a
+// range (which could loop without bound) or a template call, anywhere
+// under n.
 func checkTemplateNode(n parse.Node) error {
 	switch n := n.(type) {
 	case *parse.ListNode:
@@ -656,7 +656,9 @@ func checkTemplateNode(n parse.Node) error {
 	case *parse.RangeNode:
 		return errors.New("invalid template: range is not supported in a subject")
 	case *parse.TemplateNode:
-		return checkTemplateNode(n.Pipe)
+		// Templates that call themselves run 100000 levels deep before
+		// text/template stops them; a subject needs none.
+		return errors.New("invalid template: template calls are not supported in a subject")
 	}
 	return nil
 }

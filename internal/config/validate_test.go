@@ -232,7 +232,8 @@ routes:
   - {name: g, sink: default, subject: "{{$.Spec}}"}
   - {name: h, sink: default, subject: "{{define \"t\"}}{{.Bad}}{{end}}x"}
   - {name: i, sink: default, subject: "{{(.Kind).Foo}}"}
-  - {name: j, sink: default, subject: "{{define \"t\"}}xxxxxxxxxxxxxxxx{{template \"t\"}}{{end}}{{template \"t\"}}"}
+  - {name: j, sink: default, subject: "{{template \"t\"}}"}
+  - {name: k, sink: default, subject: "{{printf \"%5000s\" .Name}}"}
 `,
 		want: []string{
 			`t.yaml:2:39: routes[0].subject: invalid template: subject:1: unclosed action`,
@@ -242,9 +243,10 @@ routes:
 			`t.yaml:6:39: routes[4].subject: invalid template: subject:1:16: executing "subject" at <.Name>: can't evaluate field Name in type string`,
 			`t.yaml:7:39: routes[5].subject: renders an empty subject`,
 			`t.yaml:8:39: routes[6].subject: invalid template: unknown field .Spec; the fields are .Group, .Version, .Kind, .Namespace and .Name`,
-			`t.yaml:9:39: routes[7].subject: invalid template: unknown field .Bad; the fields are .Group, .Version, .Kind, .Namespace and .Name`,
+			`t.yaml:9:39: routes[7].subject: invalid template: define and block are not supported in a subject`,
 			`t.yaml:10:39: routes[8].subject: invalid template: field chains ((.Kind).Foo) are not supported`,
-			`t.yaml:11:39: routes[9].subject: renders a subject longer than 4096 bytes`,
+			`t.yaml:11:39: routes[9].subject: invalid template: template calls are not supported in a subject`,
+			`t.yaml:12:39: routes[10].subject: renders a subject longer than 4096 bytes`,
 		},
 	},
 	"subscription refs": {
