@@ -409,7 +409,8 @@ func scalar(n *yaml.Node) (any, error) {
 	}
 	var v any
 	if err := n.Decode(&v); err != nil {
-		return nil, fmt.Errorf("invalid value: %s", strings.TrimPrefix(err.Error(), "yaml: "))
+		// yaml.v3's message quotes the value, which may be a secret.
+		return nil, fmt.Errorf("invalid value for YAML tag %s", n.ShortTag())
 	}
 	switch x := v.(type) {
 	case float64:

@@ -271,6 +271,10 @@ engine: {workers: "4"}
 			yaml: "sinks: [{name: a, nats: {url: 'nats://x:1', user: u, password: 314159}}]\n",
 			want: []string{"t.yaml:1:64: sinks[0].nats.password: expected a string, got a number (quote it to make it a string)"},
 		},
+		"a value that does not fit its explicit tag is not echoed": {
+			yaml: "sinks: [{name: a, nats: {url: 'nats://x:1', user: u, password: !!int hunter2}}]\n",
+			want: []string{"t.yaml:1:64: sinks[0].nats.password: invalid value for YAML tag !!int"},
+		},
 		"merge keys are rejected": {
 			yaml: "engine: &e {workers: 2}\ncontrol:\n  <<: *e\n",
 			want: []string{"t.yaml:3:3: control: merge keys (<<) are not supported; repeat the fields instead"},
@@ -305,7 +309,7 @@ engine: {workers: "4"}
 				t.Errorf("errors:\n  got  %q\n  want %q", got, tc.want)
 			}
 			for _, fe := range FieldErrors(err) {
-				if strings.Contains(fe.Msg, "314159") {
+				if strings.Contains(fe.Msg, "314159") || strings.Contains(fe.Msg, "hunter2") {
 					t.Errorf("error echoes a secret: %v", fe)
 				}
 			}
