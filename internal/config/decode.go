@@ -1,6 +1,7 @@
 package config
 
 import (
+	"bytes"
 	"encoding"
 	"encoding/json"
 	"errors"
@@ -90,7 +91,7 @@ func parseYAML(file string, data []byte) (root *yaml.Node, err error) {
 // yamlDocuments returns the documents in data, leaving out a trailing empty
 // one ("a: 1\n---\n").
 func yamlDocuments(data []byte) ([]*yaml.Node, error) {
-	dec := yaml.NewDecoder(strings.NewReader(string(data)))
+	dec := yaml.NewDecoder(bytes.NewReader(data))
 	var docs []*yaml.Node
 	for {
 		var doc yaml.Node
