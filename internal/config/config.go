@@ -1,6 +1,3 @@
-// Package config holds the data types of the bridge's YAML configuration
-// file. It is a leaf package: it imports no other package of the bridge but
-// cache (for Ref), and nothing here talks to a broker or the API server.
 package config
 
 import (
@@ -31,6 +28,10 @@ type Config struct {
 	Control *Control `json:"control,omitempty"`
 	// Engine tunes the watch engine.
 	Engine Engine `json:"engine,omitempty"`
+
+	// src is the file the Config was loaded from, for the positions in
+	// Validate's errors and for Reloader; nil for a Config built in code.
+	src *source
 }
 
 // Sink is a named broker connection. Exactly one of its transport fields is

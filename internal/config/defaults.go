@@ -1,0 +1,79 @@
+package config
+
+import (
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// Names and values the program needs as well as the loader.
+const (
+	// EmbeddedSink is the name of the sink the program creates, for an
+	// embedded NATS server with JetStream, when the configuration has no
+	// sinks.
+	EmbeddedSink = "default"
+	// DefaultRoute is the route of a subscription that names none. With no
+	// sinks and no route of this name, the program creates it, to the
+	// embedded sink.
+	DefaultRoute = "default"
+	// DefaultSubject is the subject template of a route that sets none.
+	DefaultSubject = "depbridge.reconcile.{{.Kind}}.{{.Namespace}}.{{.Name}}"
+	// ModeBinary and ModeStructured are the CloudEvents content modes of a
+	// route.
+	ModeBinary     = "binary"
+	ModeStructured = "structured"
+)
+
+// Default sets every field left at its zero value that has a documented
+// default to that default. It is the only place defaults are applied; Parse
+// calls it, and a program that builds a Config in code should too. Default
+// is idempotent. It does not create the embedded sink and its route: with no
+// sinks, the program does (see EmbeddedSink).
+func (c *Config) Default() {
+	setString(&c.Cluster, "default")
+	setString(&c.Listen, ":8080")
+	for i := range c.Sinks {
+		s := &c.Sinks[i]
+		if s.Kafka != nil {
+			setDuration(&s.Kafka.BatchTimeout, 10*time.Millisecond)
+		}
+		if s.HTTP != nil {
+			setDuration(&s.HTTP.Timeout, 10*time.Second)
+		}
+	}
+	for i := range c.Routes {
+		r := &c.Routes[i]
+		setString(&r.Subject, DefaultSubject)
+		setString(&r.Mode, ModeBinary)
+	}
+	for i := range c.Subscriptions {
+		s := &c.Subscriptions[i]
+		setString(&s.Route, DefaultRoute)
+		if s.InitialReconcile == nil {
+			yes := true
+			s.InitialReconcile = &yes
+		}
+	}
+	if c.Control != nil {
+		setString(&c.Control.Subject, "depbridge.control")
+		setString(&c.Control.Route, DefaultRoute)
+		if c.Control.MaxMessageBytes == 0 {
+			c.Control.MaxMessageBytes = 65536
+		}
+	}
+	if c.Engine.Workers == 0 {
+		c.Engine.Workers = 4
+	}
+}
+
+func setString(s *string, def string) {
+	if *s == "" {
+		*s = def
+	}
+}
+
+func setDuration(d *metav1.Duration, def time.Duration) {
+	if d.Duration == 0 {
+		d.Duration = def
+	}
+}
