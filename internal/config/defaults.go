@@ -33,13 +33,7 @@ func (c *Config) Default() {
 	setString(&c.Cluster, "default")
 	setString(&c.Listen, ":8080")
 	for i := range c.Sinks {
-		s := &c.Sinks[i]
-		if s.Kafka != nil {
-			setDuration(&s.Kafka.BatchTimeout, 10*time.Millisecond)
-		}
-		if s.HTTP != nil {
-			setDuration(&s.HTTP.Timeout, 10*time.Second)
-		}
+		c.Sinks[i].Default()
 	}
 	for i := range c.Routes {
 		r := &c.Routes[i]
@@ -64,6 +58,37 @@ func (c *Config) Default() {
 	if c.Engine.Workers == 0 {
 		c.Engine.Workers = 4
 	}
+}
+
+// Default applies the documented defaults of the sink's transport; the sink
+// package calls it too, so that a sink built in code behaves the same.
+func (s *Sink) Default() {
+	if s.JetStream != nil {
+		s.JetStream.Default()
+	}
+	if s.Kafka != nil {
+		s.Kafka.Default()
+	}
+	if s.HTTP != nil {
+		s.HTTP.Default()
+	}
+}
+
+// Default applies the JetStream sink's defaults.
+func (j *JetStream) Default() {
+	setDuration(&j.AckTimeout, 5*time.Second)
+}
+
+// Default applies the Kafka sink's defaults.
+func (k *Kafka) Default() {
+	setDuration(&k.BatchTimeout, 10*time.Millisecond)
+	setDuration(&k.WriteTimeout, 10*time.Second)
+	setString(&k.ClientID, "depbridge")
+}
+
+// Default applies the HTTP sink's defaults.
+func (h *HTTP) Default() {
+	setDuration(&h.Timeout, 10*time.Second)
 }
 
 func setString(s *string, def string) {

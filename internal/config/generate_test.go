@@ -243,7 +243,7 @@ func schemaFields(t reflect.Type) []schemaField {
 // gives each scalar field left at zero.
 func defaultValues() map[reflect.Type]map[string]any {
 	c := &Config{
-		Sinks:         []Sink{{Kafka: &Kafka{}}, {HTTP: &HTTP{}}},
+		Sinks:         []Sink{{NATS: &NATS{}}, {JetStream: &JetStream{}}, {Kafka: &Kafka{}}, {HTTP: &HTTP{}}, {Stdout: &Stdout{}}},
 		Routes:        []Route{{}},
 		Subscriptions: []Subscription{{}},
 		Control:       &Control{},
@@ -271,7 +271,7 @@ func defaultValues() map[reflect.Type]map[string]any {
 				out[v.Type()] = m
 			}
 			for _, f := range schemaFields(v.Type()) {
-				fv := v.FieldByIndex(f.Index)
+				fv := v.FieldByName(f.goName) // promoted fields of inline structs too
 				ft := f.Type
 				if ft.Kind() == reflect.Pointer {
 					ft = ft.Elem()

@@ -20,7 +20,6 @@ import (
 )
 
 const (
-	defaultHTTPTimeout = 10 * time.Second
 	// maxErrorBody bounds how much of a failed response's body goes into
 	// the error and the log.
 	maxErrorBody = 512
@@ -67,10 +66,8 @@ func NewHTTP(name string, cfg config.HTTP, log *slog.Logger) (*HTTP, error) {
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.TLSClientConfig = t
 	tr.MaxIdleConnsPerHost = 128
+	cfg.Default()
 	timeout := cfg.Timeout.Duration
-	if timeout <= 0 {
-		timeout = defaultHTTPTimeout
-	}
 	return &HTTP{
 		client:   &http.Client{Transport: tr},
 		url:      cfg.URL,

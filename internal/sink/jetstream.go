@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"slices"
 	"strings"
-	"time"
 
 	ce "github.com/cloudevents/sdk-go/v2/event"
 	"github.com/nats-io/nats.go"
@@ -18,7 +17,6 @@ import (
 
 // Delivery defaults of the JetStream sink, set explicitly.
 const (
-	defaultAckTimeout = 5 * time.Second
 	// maxPendingAcks bounds unacknowledged publishes on the connection;
 	// past it PublishMsgAsync stalls briefly, then fails (and the caller
 	// retries).
@@ -50,10 +48,8 @@ func NewJetStream(name string, cfg config.JetStream, log *slog.Logger) (*JetStre
 	if err != nil {
 		return nil, err
 	}
+	cfg.Default()
 	ackTimeout := cfg.AckTimeout.Duration
-	if ackTimeout <= 0 {
-		ackTimeout = defaultAckTimeout
-	}
 	js, err := jetstream.New(nc,
 		jetstream.WithPublishAsyncTimeout(ackTimeout),
 		jetstream.WithPublishAsyncMaxPending(maxPendingAcks),

@@ -21,10 +21,8 @@ import (
 // RequireNone (fire and forget) and a 1s batch timeout, so every one that
 // matters is set here, explicitly.
 const (
-	defaultBatchTimeout = 10 * time.Millisecond
-	defaultWriteTimeout = 10 * time.Second
-	kafkaBatchSize      = 100
-	kafkaBatchBytes     = 1 << 20
+	kafkaBatchSize  = 100
+	kafkaBatchBytes = 1 << 20
 	// kafkaMaxAttempts is how often kafka-go tries one batch within a
 	// Send; past it Send fails and the caller retries.
 	kafkaMaxAttempts = 3
@@ -67,18 +65,8 @@ func NewKafka(name string, cfg config.Kafka, log *slog.Logger) (*Kafka, error) {
 	if err != nil {
 		return nil, fmt.Errorf("kafka: %w", err)
 	}
-	clientID := cfg.ClientID
-	if clientID == "" {
-		clientID = "depbridge"
-	}
-	batchTimeout := cfg.BatchTimeout.Duration
-	if batchTimeout <= 0 {
-		batchTimeout = defaultBatchTimeout
-	}
-	writeTimeout := cfg.WriteTimeout.Duration
-	if writeTimeout <= 0 {
-		writeTimeout = defaultWriteTimeout
-	}
+	cfg.Default()
+	clientID, batchTimeout, writeTimeout := cfg.ClientID, cfg.BatchTimeout.Duration, cfg.WriteTimeout.Duration
 	transport := &kafka.Transport{
 		DialTimeout: 5 * time.Second,
 		IdleTimeout: 30 * time.Second,
