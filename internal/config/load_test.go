@@ -73,8 +73,10 @@ engine: {workers: 2}
 			want: Config{
 				Cluster: "prod", Listen: "127.0.0.1:9090",
 				Sinks: []Sink{
-					{Name: "js", JetStream: &JetStream{NATSConn: NATSConn{URL: "nats://a:4222", TLS: &TLS{CAFile: "/ca", InsecureSkipVerify: true}}, Stream: "S"}},
-					{Name: "k", Kafka: &Kafka{Brokers: []string{"k:9092"}, BatchTimeout: metav1.Duration{Duration: 250 * time.Millisecond}, SASL: &SASL{Mechanism: "PLAIN", Username: "u", Password: "p"}}},
+					{Name: "js", JetStream: &JetStream{NATSConn: NATSConn{URL: "nats://a:4222", TLS: &TLS{CAFile: "/ca", InsecureSkipVerify: true}}, Stream: "S",
+						AckTimeout: metav1.Duration{Duration: 5 * time.Second}}},
+					{Name: "k", Kafka: &Kafka{Brokers: []string{"k:9092"}, BatchTimeout: metav1.Duration{Duration: 250 * time.Millisecond}, SASL: &SASL{Mechanism: "PLAIN", Username: "u", Password: "p"},
+						WriteTimeout: metav1.Duration{Duration: 10 * time.Second}, ClientID: "depbridge"}},
 					{Name: "h", HTTP: &HTTP{URL: "https://x", Headers: map[string]string{"X-A": "b"}, Timeout: metav1.Duration{Duration: 10 * time.Second}}},
 					{Name: "out", Stdout: &Stdout{}},
 				},
