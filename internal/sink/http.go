@@ -179,13 +179,21 @@ func (e *StatusError) Error() string {
 	return b.String()
 }
 
+// RetryDelay is how long the receiver asked the caller to wait before
+// retrying (a Retry-After header), if it did. The watch engine waits at
+// least that long before retrying a reconcile that failed with e (see
+// watch.RetryDelayer).
+func (e *StatusError) RetryDelay() (time.Duration, bool) {
+	return e.RetryAfter, e.RetryAfter > 0
+}
+
 // RetryAfter returns how long the receiver asked the caller to wait before
 // retrying, when err carries such a request (an HTTP 429 or 5xx with a
-// Retry-After header). The engine's backoff should wait at least that long.
+// Retry-After header).
 func RetryAfter(err error) (time.Duration, bool) {
 	var serr *StatusError
-	if errors.As(err, &serr) && serr.RetryAfter > 0 {
-		return serr.RetryAfter, true
+	if errors.As(err, &serr) {
+		return serr.RetryDelay()
 	}
 	return 0, false
 }

@@ -30,9 +30,9 @@ var (
 	ErrNoCacheEntry        = cache.ErrNoCacheEntry
 )
 
-// RetryAfter is implemented by reconcile errors that know when a retry can
-// succeed (an HTTP 429 or 503 with Retry-After); the engine waits at least
-// that long before retrying.
-type RetryAfter interface {
-	RetryAfter() (delay time.Duration, ok bool)
+// RetryDelayer is implemented by reconcile errors that know when a retry
+// can succeed (an HTTP 429 or 503 with Retry-After, see sink.StatusError);
+// the engine then waits at least that long before retrying.
+type RetryDelayer interface {
+	RetryDelay() (delay time.Duration, ok bool)
 }

@@ -230,9 +230,9 @@ func (e *Engine) process(ctx context.Context, w cache.Ref) {
 	case err != nil:
 		q.restore(req, e.opts.MaxCauses)
 		delay := q.limiter.When(w)
-		var ra RetryAfter
-		if errors.As(err, &ra) {
-			if d, ok := ra.RetryAfter(); ok && d > delay {
+		var rd RetryDelayer
+		if errors.As(err, &rd) {
+			if d, ok := rd.RetryDelay(); ok && d > delay {
 				delay = d
 			}
 		}

@@ -217,3 +217,35 @@ func TestDebounce(t *testing.T) {
 		t.Fatalf("%d requests for a burst within the debounce window, want 1", got)
 	}
 }
+
+type retryLater time.Duration
+
+func (r retryLater) Error() string                     { return "receiver busy" }
+func (r retryLater) RetryDelay() (time.Duration, bool) { return time.Duration(r), true }
+
+// A reconcile error that carries a retry delay (HTTP Retry-After) is
+// retried no sooner than that.
+func TestRetryDelay(t *testing.T) {
+	ns := namespace(t)
+	createCM(t, ns, "cm", nil)
+	rec := newRecorder()
+	rec.fn = func(req Request, n int) (Result, error) {
+		if n == 1 {
+			return Result{}, fmt.Errorf("send: %w", retryLater(time.Second))
+		}
+		return Result{}, nil
+	}
+	e := startEngine(t, integration(t).Config, rec, Options{})
+	w := watcher("retry-delay")
+	if err := e.AddWatcher(ctxT(t), w, cmRef(ns, "cm")); err != nil {
+		t.Fatal(err)
+	}
+	first := rec.waitFor(t, w, 1)[0]
+	reqs := rec.waitFor(t, w, 2)
+	if d := time.Since(first.Enqueued); d < time.Second {
+		t.Fatalf("retried %s after the first attempt's request, want >= 1s", d)
+	}
+	if !slices.Equal(reqs[0].Causes, reqs[1].Causes) {
+		t.Fatalf("retry causes = %+v, want %+v", reqs[1].Causes, reqs[0].Causes)
+	}
+}
