@@ -1,0 +1,344 @@
+package bridge
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/depbridge/depbridge/internal/config"
+	"github.com/depbridge/depbridge/internal/event"
+	"github.com/depbridge/depbridge/internal/sink"
+	"github.com/depbridge/depbridge/internal/testenv"
+)
+
+var env *testenv.Env
+
+func TestMain(m *testing.M) {
+	code := func() int {
+		var err error
+		if env, err = testenv.Start(); err != nil {
+			fmt.Fprintln(os.Stderr, "bridge tests:", err)
+			return 1
+		}
+		defer func() { _ = env.Stop() }()
+		return m.Run()
+	}()
+	os.Exit(code)
+}
+
+const wait = 60 * time.Second
+
+func logger() *slog.Logger {
+	if os.Getenv("DEPBRIDGE_TEST_LOG") != "" {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return slog.New(slog.DiscardHandler)
+}
+
+// running is a bridge started by a test.
+type running struct {
+	b    *Bridge
+	path string
+	base string // http://addr
+}
+
+// start writes cfg to a file and runs a bridge on it until the test ends.
+func start(t *testing.T, cfg string) *running {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "config.yaml")
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, err := config.Load(path)
+	if err == nil {
+		err = c.Validate()
+	}
+	if err != nil {
+		t.Fatalf("config: %v", err)
+	}
+	b, err := New(Options{Config: c, ConfigPath: path, REST: env.Config, Logger: logger(), Listen: "127.0.0.1:0",
+		EmbeddedNATS: "127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- b.Start(ctx) }()
+	select {
+	case <-b.Started():
+	case err := <-done:
+		cancel()
+		t.Fatalf("bridge stopped at start: %v", err)
+	case <-time.After(wait):
+		cancel()
+		t.Fatal("bridge did not start")
+	}
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("bridge: %v", err)
+			}
+		case <-time.After(wait):
+			t.Error("bridge did not stop")
+		}
+	})
+	return &running{b: b, path: path, base: "http://" + b.Addr().String()}
+}
+
+func (r *running) get(t *testing.T, path string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(r.base + path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(body)
+}
+
+// metric returns the value of a metric line "name value" (first match).
+func (r *running) metric(t *testing.T, name string) float64 {
+	t.Helper()
+	_, body := r.get(t, "/metrics")
+	for _, line := range strings.Split(body, "\n") {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return f
+		}
+	}
+	t.Fatalf("metric %s not exported", name)
+	return 0
+}
+
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(wait)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("not within %s: %s", wait, what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func namespace(t *testing.T) string {
+	t.Helper()
+	ns := fmt.Sprintf("b-%d", time.Now().UnixNano()%1e9)
+	cs := kubernetes.NewForConfigOrDie(env.Config)
+	if _, err := cs.CoreV1().Namespaces().Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	return ns
+}
+
+// received reads every event stored in a JetStream stream.
+func received(t *testing.T, url, stream string) []event.Data {
+	t.Helper()
+	nc, err := nats.Connect(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, err := js.OrderedConsumer(ctx, stream, jetstream.OrderedConsumerConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []event.Data
+	for {
+		info, err := c.Info(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info.NumPending == 0 {
+			return out
+		}
+		batch, err := c.FetchNoWait(int(info.NumPending))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for m := range batch.Messages() {
+			e, err := sink.DecodeNATS(ctx, &nats.Msg{Subject: m.Subject(), Header: m.Headers(), Data: m.Data()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var d event.Data
+			if err := json.Unmarshal(e.Data(), &d); err != nil {
+				t.Fatal(err)
+			}
+			out = append(out, d)
+		}
+	}
+}
+
+// The at-least-once contract, end to end: changes keep coming while the
+// broker is down for several seconds mid-stream; once it is back, every
+// change of every watched object is covered, for each of its watchers, by
+// at least one event stored in the stream (one whose causes name the object
+// at that resourceVersion or a later one).
+func TestNothingLostWhileBrokerIsDown(t *testing.T) {
+	broker, err := testenv.StartNATS()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer broker.Close()
+	nc, err := nats.Connect(broker.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, _ := jetstream.New(nc)
+	if _, err := js.CreateStream(context.Background(), jetstream.StreamConfig{Name: "EVENTS", Subjects: []string{"reconcile.>"}}); err != nil {
+		t.Fatal(err)
+	}
+	nc.Close()
+
+	ns := namespace(t)
+	cs := kubernetes.NewForConfigOrDie(env.Config)
+	const objects, watchers = 12, 6
+	var subs strings.Builder
+	for w := range watchers {
+		fmt.Fprintf(&subs, "  - watcher: {version: v1, kind: ConfigMap, namespace: fn, name: w%d}\n    initialReconcile: false\n    watched:\n", w)
+		for i := range objects {
+			if i%watchers == w || (i+1)%watchers == w {
+				fmt.Fprintf(&subs, "      - {version: v1, kind: ConfigMap, namespace: %s, name: cm%d}\n", ns, i)
+			}
+		}
+	}
+	for i := range objects {
+		if _, err := cs.CoreV1().ConfigMaps(ns).Create(context.Background(), &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprint("cm", i)}, Data: map[string]string{"n": "0"}}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	start(t, fmt.Sprintf(`
+sinks:
+  - name: js
+    jetstream: {url: %q, ackTimeout: 1s}
+routes:
+  - {name: default, sink: js, subject: "reconcile.{{.Name}}"}
+subscriptions:
+%s`, broker.URL(), subs.String()))
+
+	type change struct {
+		obj int
+		rv  int
+	}
+	var changes []change
+	write := func(n int) {
+		for range n {
+			i := len(changes) % objects
+			cm, err := cs.CoreV1().ConfigMaps(ns).Get(context.Background(), fmt.Sprint("cm", i), metav1.GetOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			cm.Data["n"] = strconv.Itoa(len(changes))
+			if cm, err = cs.CoreV1().ConfigMaps(ns).Update(context.Background(), cm, metav1.UpdateOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			rv, _ := strconv.Atoi(cm.ResourceVersion)
+			changes = append(changes, change{i, rv})
+			time.Sleep(50 * time.Millisecond) // a steady stream of changes
+		}
+	}
+	write(24)
+	broker.Stop()
+	outage := time.Now()
+	write(60) // about 3 s of changes, and the broker stays down 5 s
+	time.Sleep(time.Until(outage.Add(5 * time.Second)))
+	if err := broker.Start(); err != nil {
+		t.Fatal(err)
+	}
+	write(24)
+
+	// covered[watcher][object] is the highest resourceVersion delivered.
+	var lost []string
+	var events int
+	eventually(t, "every change delivered to each of its watchers", func() bool {
+		got := received(t, broker.URL(), "EVENTS")
+		events = len(got)
+		covered := map[string]map[string]int{}
+		for _, d := range got {
+			for _, c := range d.Causes {
+				rv, _ := strconv.Atoi(c.ResourceVersion)
+				m := covered[d.Watcher.Name]
+				if m == nil {
+					m = map[string]int{}
+					covered[d.Watcher.Name] = m
+				}
+				m[c.Name] = max(m[c.Name], rv)
+			}
+		}
+		lost = lost[:0]
+		for _, ch := range changes {
+			for _, w := range []int{ch.obj % watchers, (ch.obj + 1) % watchers} { // as in the subscriptions above
+				if covered[fmt.Sprint("w", w)][fmt.Sprint("cm", ch.obj)] < ch.rv {
+					lost = append(lost, fmt.Sprintf("w%d/cm%d@%d", w, ch.obj, ch.rv))
+				}
+			}
+		}
+		if len(lost) > 0 && os.Getenv("DEPBRIDGE_TEST_LOG") != "" {
+			t.Logf("%d events, lost so far: %v", events, lost)
+		}
+		return len(lost) == 0
+	})
+	t.Logf("%d changes (%d during a 5s outage), %d events stored, 0 lost", len(changes), 60, events)
+}
+
+// Subscriptions follow the file: added, changed and removed without a
+// restart; a bad version is rejected and the running one stays.
+func TestReload(t *testing.T) {
+	ns := namespace(t)
+	cs := kubernetes.NewForConfigOrDie(env.Config)
+	for _, n := range []string{"a", "b"} {
+		if _, err := cs.CoreV1().ConfigMaps(ns).Create(context.Background(), &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: n}}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sub := func(w, cm string) string {
+		return fmt.Sprintf("  - watcher: {version: v1, kind: ConfigMap, namespace: fn, name: %s}\n    watched: [{version: v1, kind: ConfigMap, namespace: %s, name: %s}]\n", w, ns, cm)
+	}
+	r := start(t, "routes: [{name: default, sink: default}]\nsubscriptions:\n"+sub("one", "a"))
+	eventually(t, "one watcher", func() bool { return r.metric(t, "depbridge_watchers") == 1 })
+	if code, body := r.get(t, "/readyz"); code != http.StatusOK {
+		t.Fatalf("/readyz = %d %s", code, body)
+	}
+
+	write := func(s string) {
+		if err := os.WriteFile(r.path, []byte(s), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("routes: [{name: default, sink: default}]\nsubscriptions:\n" + sub("two", "a") + sub("three", "b"))
+	eventually(t, "two watchers, one gone", func() bool {
+		return r.metric(t, "depbridge_watchers") == 2 && r.metric(t, "depbridge_watched_refs") == 2
+	})
+	write("routes: [{name: default, sink: default}]\nsubscriptions:\n  - watcher: {kind: ConfigMap}\n") // invalid
+	time.Sleep(3 * time.Second)                                                                       // the reloader polls every second and reports after two polls
+	if w := r.metric(t, "depbridge_watchers"); w != 2 {
+		t.Fatalf("watchers = %v after a bad file, want the running 2", w)
+	}
+	if code, _ := r.get(t, "/readyz"); code != http.StatusOK {
+		t.Fatalf("not ready after a rejected file: %d", code)
+	}
+}
