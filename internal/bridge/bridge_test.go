@@ -334,7 +334,7 @@ func TestReload(t *testing.T) {
 		return r.metric(t, "depbridge_watchers") == 2 && r.metric(t, "depbridge_watched_refs") == 2
 	})
 	write("routes: [{name: default, sink: default}]\nsubscriptions:\n  - watcher: {kind: ConfigMap}\n") // invalid
-	time.Sleep(3 * time.Second)                                                                       // the reloader polls every second and reports after two polls
+	time.Sleep(3 * time.Second)                                                                         // the reloader polls every second and reports after two polls
 	if w := r.metric(t, "depbridge_watchers"); w != 2 {
 		t.Fatalf("watchers = %v after a bad file, want the running 2", w)
 	}
