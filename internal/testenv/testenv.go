@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 )
 
@@ -119,4 +121,19 @@ func (e *Env) User(name string, groups ...string) (*rest.Config, error) {
 // EtcdURL is the client URL of etcd.
 func (e *Env) EtcdURL() string {
 	return e.env.ControlPlane.Etcd.URL.String()
+}
+
+// WriteKubeconfig writes an admin kubeconfig for the control plane to
+// path, for programs run as separate processes.
+func (e *Env) WriteKubeconfig(path string) error {
+	return writeKubeconfig(e.Config, path)
+}
+
+func writeKubeconfig(cfg *rest.Config, path string) error {
+	kc := clientcmdapi.NewConfig()
+	kc.Clusters["test"] = &clientcmdapi.Cluster{Server: cfg.Host, CertificateAuthorityData: cfg.CAData}
+	kc.AuthInfos["test"] = &clientcmdapi.AuthInfo{ClientCertificateData: cfg.CertData, ClientKeyData: cfg.KeyData, Token: cfg.BearerToken}
+	kc.Contexts["test"] = &clientcmdapi.Context{Cluster: "test", AuthInfo: "test"}
+	kc.CurrentContext = "test"
+	return clientcmd.WriteToFile(*kc, path)
 }
