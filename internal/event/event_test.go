@@ -403,7 +403,7 @@ func TestSchemaMatchesTypes(t *testing.T) {
 				name = f.Name
 			}
 			fields[name] = true
-			if !strings.Contains(opts, "omitempty") {
+			if !strings.Contains(opts, "omitempty") && !strings.Contains(opts, "omitzero") {
 				required = append(required, name)
 			}
 			p, ok := n.Properties[name]

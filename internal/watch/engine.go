@@ -58,6 +58,12 @@ type Options struct {
 	PendingRetry time.Duration
 	// Mapper tunes discovery caching.
 	Mapper cache.MapperOptions
+	// Checkpoint, if set, is told what each acknowledged request covered,
+	// and consulted when a watcher's dependencies are first listed: a
+	// dependency it has a record of gets relisted causes for what differs
+	// from that record (nothing if nothing changed) instead of an initial
+	// reconcile. Defaults to none.
+	Checkpoint Checkpoint
 	// QueueMetrics receives the reconcile queue's workqueue metrics.
 	// Defaults to none.
 	QueueMetrics workqueue.MetricsProvider

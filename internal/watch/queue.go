@@ -49,7 +49,7 @@ type causeKey struct {
 	namespace string
 	name      string
 	uid       types.UID
-	op        Op // only distinguishes OpLost, which has no object
+	op        Op // only distinguishes OpLost and OpResync, which have no object
 }
 
 func newQueue(limiter workqueue.TypedRateLimiter[cache.Ref], maxCauses int, metrics workqueue.MetricsProvider) *queue {
@@ -91,8 +91,8 @@ func (q *queue) request(w cache.Ref) *pendingRequest {
 
 func (p *pendingRequest) merge(c Cause, maxCauses int) {
 	k := causeKey{watched: c.Watched, namespace: c.Namespace, name: c.Name, uid: c.UID}
-	if c.Op == OpLost {
-		k.op = OpLost
+	if c.Op == OpLost || c.Op == OpResync {
+		k.op = c.Op // no object: one of each per Ref
 	}
 	if i, ok := p.at[k]; ok {
 		p.causes[i] = mergeCause(p.causes[i], c)
@@ -218,11 +218,29 @@ func (e *Engine) work(ctx context.Context) {
 
 func (e *Engine) process(ctx context.Context, w cache.Ref) {
 	q := e.queue
-	req, ok := q.take(w)
+	var (
+		req  Request
+		ok   bool
+		view View
+	)
+	if e.opts.Checkpoint != nil {
+		// The request and what it covers, in one step: no change can fall
+		// between them.
+		e.mu.Lock()
+		if req, ok = q.take(w); ok {
+			view = e.viewLocked(w)
+		}
+		e.mu.Unlock()
+	} else {
+		req, ok = q.take(w)
+	}
 	if !ok {
 		return
 	}
 	res, err := e.reconcile(ctx, req)
+	if err == nil && view != nil {
+		e.opts.Checkpoint.Acked(w, view)
+	}
 	switch {
 	case err != nil && errors.Is(err, ErrTerminal):
 		q.wq.Forget(w)

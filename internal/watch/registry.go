@@ -420,13 +420,20 @@ func (k *kindState) coveringSource(namespace string) *source {
 func (e *Engine) initialLocked(p *pair) {
 	p.waitInitial = false
 	st := p.r
-	if p.w.opts.NoInitial || st.kind == nil {
+	if st.kind == nil || e.toldDiffLocked(p) {
 		return
 	}
-	e.eachMatch(st, func(o *cache.Object) {
-		e.enqueueLocked(p.w, Cause{Watched: st.ref, Namespace: o.Namespace, Name: o.Name, UID: o.UID,
-			ResourceVersion: o.ResourceVersion, Op: OpInitial})
-	})
+	sent := false
+	if !p.w.opts.NoInitial {
+		e.eachMatch(st, func(o *cache.Object) {
+			sent = true
+			e.enqueueLocked(p.w, Cause{Watched: st.ref, Namespace: o.Namespace, Name: o.Name, UID: o.UID,
+				ResourceVersion: o.ResourceVersion, Op: OpInitial})
+		})
+	}
+	if !sent && e.opts.Checkpoint != nil {
+		e.opts.Checkpoint.Baseline(p.w.ref, st.ref.Key(), e.seenLocked(st))
+	}
 }
 
 // eachMatch calls fn for every stored object a ref of a served kind

@@ -34,12 +34,17 @@ const (
 	// removed (the Ref stays, pending, until the kind is served again).
 	// Reason says which.
 	OpLost Op = "lost"
+	// OpResync: the bridge started without a record of what the watcher was
+	// told before (it keeps no checkpoints); reconcile it from scratch. Has
+	// no Watched Ref and no object.
+	OpResync Op = "resync"
 )
 
 // Cause is one reason why a watcher is reconciled.
 type Cause struct {
-	// Watched is the dependency (a name or selector Ref) that matched.
-	Watched cache.Ref `json:"watched"`
+	// Watched is the dependency (a name or selector Ref) that matched;
+	// zero for OpResync.
+	Watched cache.Ref `json:"watched,omitzero"`
 	// Namespace and Name of the object that changed; empty for OpLost.
 	Namespace string `json:"namespace,omitempty"`
 	Name      string `json:"name,omitempty"`

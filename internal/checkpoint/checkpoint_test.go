@@ -1,0 +1,320 @@
+package checkpoint
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/depbridge/depbridge/internal/cache"
+	"github.com/depbridge/depbridge/internal/testenv"
+	"github.com/depbridge/depbridge/internal/watch"
+)
+
+var env *testenv.Env
+
+func TestMain(m *testing.M) {
+	code := func() int {
+		var err error
+		if env, err = testenv.Start(); err != nil {
+			fmt.Fprintln(os.Stderr, "checkpoint tests:", err)
+			return 1
+		}
+		defer func() { _ = env.Stop() }()
+		return m.Run()
+	}()
+	os.Exit(code)
+}
+
+// recorder records requests per watcher.
+type recorder struct {
+	mu   sync.Mutex
+	reqs map[string][]watch.Request
+	fail func(watch.Request) error
+}
+
+func (r *recorder) Reconcile(_ context.Context, req watch.Request) (watch.Result, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.reqs[req.Watcher.Name] = append(r.reqs[req.Watcher.Name], req)
+	if r.fail != nil {
+		return watch.Result{}, r.fail(req)
+	}
+	return watch.Result{}, nil
+}
+
+func (r *recorder) causes(name string) []watch.Cause {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []watch.Cause
+	for _, req := range r.reqs[name] {
+		out = append(out, req.Causes...)
+	}
+	return out
+}
+
+func watcher(name string) cache.Ref {
+	return cache.Ref{Group: "example.com", Version: "v1", Kind: "Function", Namespace: "fn", Name: name}
+}
+
+// run starts an engine with a checkpoint store over path, registers subs,
+// and returns a stop function that flushes the store.
+func run(t *testing.T, path string, rec *recorder, subs map[string][]cache.Ref) (*watch.Engine, *Store, func()) {
+	t.Helper()
+	var cp watch.Checkpoint
+	var store *Store
+	if path != "" {
+		store = New(&File{Path: path}, Options{Interval: 50 * time.Millisecond})
+		if err := store.Load(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		cp = store
+	}
+	e, err := watch.New(env.Config, rec, watch.Options{Checkpoint: cp, Workers: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		if err := e.Start(ctx); err != nil {
+			t.Error(err)
+		}
+	})
+	if store != nil {
+		wg.Go(func() {
+			if err := store.Start(ctx); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	<-e.Started()
+	for name, refs := range subs {
+		// Watchers named "quiet..." want no initial reconcile.
+		sub := watch.Subscription{Watcher: watcher(name), Watched: refs, Options: watch.WatcherOptions{NoInitial: strings.HasPrefix(name, "quiet")}}
+		if err := e.Subscribe(context.Background(), sub); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return e, store, func() { cancel(); wg.Wait() }
+}
+
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("not within 30s: %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestRestartWithCheckpoint(t *testing.T) {
+	ctx := context.Background()
+	cs := kubernetes.NewForConfigOrDie(env.Config)
+	ns := "cp-" + fmt.Sprint(time.Now().UnixNano()%1e9)
+	if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	mk := func(name string, lbls map[string]string) *corev1.ConfigMap {
+		cm, err := cs.CoreV1().ConfigMaps(ns).Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: lbls}}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return cm
+	}
+	mk("a", nil)
+	mk("b", nil)
+	c := mk("c", nil)
+	mk("d", map[string]string{"app": "x"})
+	ref := func(name string) cache.Ref {
+		return cache.Ref{Version: "v1", Kind: "ConfigMap", Namespace: ns, Name: name}
+	}
+	sel := cache.Ref{Version: "v1", Kind: "ConfigMap", Namespace: ns, Selector: "app=x"}
+	subs := map[string][]cache.Ref{"w1": {ref("a")}, "w2": {sel}, "w3": {ref("b")}, "w4": {ref("c")}, "w5": {ref("never")},
+		"quiet1": {ref("later")}, "quiet2": {ref("b"), ref("a")}}
+	path := filepath.Join(t.TempDir(), "checkpoints.json")
+
+	// First run: initial reconciles, acknowledged and recorded.
+	rec := &recorder{reqs: map[string][]watch.Request{}}
+	_, store, stop := run(t, path, rec, subs)
+	for _, w := range []string{"w1", "w2", "w3", "w4"} {
+		eventually(t, w+" initial", func() bool { return len(rec.causes(w)) > 0 })
+	}
+	eventually(t, "every watcher recorded, reconciled or not", func() bool { return store.Len() == 7 })
+	stop()
+
+	// While down: a changes, c is deleted, e enters w2's selector, b does
+	// not change, "never" still does not exist.
+	cm, _ := cs.CoreV1().ConfigMaps(ns).Get(ctx, "a", metav1.GetOptions{})
+	cm.Data = map[string]string{"changed": "while down"}
+	a, err := cs.CoreV1().ConfigMaps(ns).Update(ctx, cm, metav1.UpdateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cs.CoreV1().ConfigMaps(ns).Delete(ctx, "c", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	e := mk("e", map[string]string{"app": "x"})
+	later := mk("later", nil) // quiet1 was never reconciled: its baseline says "absent"
+
+	// Second run: only the watchers whose dependencies changed, with
+	// causes that say what changed.
+	rec2 := &recorder{reqs: map[string][]watch.Request{}}
+	engine, _, stop2 := run(t, path, rec2, subs)
+	defer stop2()
+	eventually(t, "w1, w2, w4, quiet1 and quiet2 reconciled", func() bool {
+		return len(rec2.causes("w1")) > 0 && len(rec2.causes("w2")) > 0 && len(rec2.causes("w4")) > 0 &&
+			len(rec2.causes("quiet1")) > 0 && len(rec2.causes("quiet2")) > 0
+	})
+	want := map[string][]watch.Cause{
+		"w1":     {{Watched: ref("a"), Namespace: ns, Name: "a", UID: a.UID, ResourceVersion: a.ResourceVersion, Op: watch.OpRelisted}},
+		"w2":     {{Watched: sel, Namespace: ns, Name: "e", UID: e.UID, ResourceVersion: e.ResourceVersion, Op: watch.OpRelisted}},
+		"w4":     {{Watched: ref("c"), Namespace: ns, Name: "c", UID: c.UID, Op: watch.OpRelisted}},
+		"quiet1": {{Watched: ref("later"), Namespace: ns, Name: "later", UID: later.UID, ResourceVersion: later.ResourceVersion, Op: watch.OpRelisted}},
+		"quiet2": {{Watched: ref("a"), Namespace: ns, Name: "a", UID: a.UID, ResourceVersion: a.ResourceVersion, Op: watch.OpRelisted}},
+	}
+	for w, causes := range want {
+		if got := rec2.causes(w); !slices.Equal(got, causes) {
+			t.Errorf("%s: causes %+v, want %+v", w, got, causes)
+		}
+	}
+	// Nothing for w3 and w5: a change to a watched object of w3 arrives
+	// after any restart request would have.
+	cm, _ = cs.CoreV1().ConfigMaps(ns).Get(ctx, "b", metav1.GetOptions{})
+	cm.Data = map[string]string{"now": "yes"}
+	if _, err := cs.CoreV1().ConfigMaps(ns).Update(ctx, cm, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "w3 reconciled for the new change", func() bool { return len(rec2.causes("w3")) > 0 })
+	if got := rec2.causes("w3"); len(got) != 1 || got[0].Op != watch.OpModified {
+		t.Errorf("w3: causes %+v, want only the modification after the restart", got)
+	}
+	if got := rec2.causes("w5"); len(got) != 0 {
+		t.Errorf("w5: causes %+v, want none", got)
+	}
+	if st := engine.Stats(); st.Watchers != 7 {
+		t.Errorf("watchers = %d", st.Watchers)
+	}
+}
+
+// A request never acknowledged is not recorded: after a restart the
+// watcher gets its initial reconcile again.
+func TestUnacknowledgedIsNotRecorded(t *testing.T) {
+	ctx := context.Background()
+	cs := kubernetes.NewForConfigOrDie(env.Config)
+	ns := "cp-" + fmt.Sprint(time.Now().UnixNano()%1e9)
+	if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cs.CoreV1().ConfigMaps(ns).Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "x"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "checkpoints.json")
+	subs := map[string][]cache.Ref{"w": {{Version: "v1", Kind: "ConfigMap", Namespace: ns, Name: "x"}}}
+	rec := &recorder{reqs: map[string][]watch.Request{}, fail: func(watch.Request) error { return errors.New("broker down") }}
+	_, store, stop := run(t, path, rec, subs)
+	eventually(t, "tried twice", func() bool { return len(rec.causes("w")) >= 2 })
+	stop()
+	if store.Len() != 0 {
+		t.Fatalf("%d records for a request never acknowledged", store.Len())
+	}
+	rec2 := &recorder{reqs: map[string][]watch.Request{}}
+	_, _, stop2 := run(t, path, rec2, subs)
+	defer stop2()
+	eventually(t, "initial after restart", func() bool { return len(rec2.causes("w")) > 0 })
+	if got := rec2.causes("w"); got[0].Op != watch.OpInitial {
+		t.Fatalf("causes %+v, want initial", got)
+	}
+}
+
+// blockingBackend blocks every write until released.
+type blockingBackend struct {
+	release chan struct{}
+	writes  chan map[string][]byte
+}
+
+func (b *blockingBackend) Load(context.Context) (map[string][]byte, error) {
+	return map[string][]byte{}, nil
+}
+func (b *blockingBackend) Write(ctx context.Context, puts map[string][]byte, _ []string) error {
+	select {
+	case <-b.release:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	b.writes <- puts
+	return nil
+}
+func (b *blockingBackend) Close() error { return nil }
+
+// Recording never waits for the backend, and records changed while a write
+// is in flight are written next.
+func TestAckedNeverBlocks(t *testing.T) {
+	b := &blockingBackend{release: make(chan struct{}), writes: make(chan map[string][]byte, 10)}
+	s := New(b, Options{Interval: 10 * time.Millisecond})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- s.Start(ctx) }()
+	start := time.Now()
+	for i := range 1000 {
+		s.Acked(watcher(fmt.Sprint("w", i%10)), watch.View{"r": {{Name: fmt.Sprint(i)}}})
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Fatalf("1000 Acked calls took %s with the backend blocked", d)
+	}
+	close(b.release)
+	puts := <-b.writes
+	if len(puts) != 10 {
+		t.Fatalf("first write has %d records, want the 10 watchers once each", len(puts))
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if v, _ := s.Told(watcher("w9")); v["r"][0].Name != "999" {
+		t.Fatalf("latest record of w9 = %+v, want the last one acked", v)
+	}
+}
+
+// A file that does not decode is an error at load; records are written
+// atomically.
+func TestFileBackend(t *testing.T) {
+	dir := t.TempDir()
+	f := &File{Path: filepath.Join(dir, "sub", "cp.json")}
+	if recs, err := f.Load(context.Background()); err != nil || len(recs) != 0 {
+		t.Fatalf("missing file: %v, %v", recs, err)
+	}
+	if err := f.Write(context.Background(), map[string][]byte{"a": []byte(`{"r":[]}`), "b": []byte(`{}`)}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Write(context.Background(), nil, []string{"b"}); err != nil {
+		t.Fatal(err)
+	}
+	g := &File{Path: f.Path}
+	recs, err := g.Load(context.Background())
+	if err != nil || len(recs) != 1 || string(recs["a"]) != `{"r":[]}` {
+		t.Fatalf("reloaded = %v, %v", recs, err)
+	}
+	entries, _ := os.ReadDir(filepath.Dir(f.Path))
+	if len(entries) != 1 {
+		t.Fatalf("temporary files left: %v", entries)
+	}
+	if err := os.WriteFile(f.Path, []byte("{not json"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := (&File{Path: f.Path}).Load(context.Background()); err == nil {
+		t.Fatal("a corrupt file loaded")
+	}
+}
