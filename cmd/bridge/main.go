@@ -22,6 +22,7 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -177,6 +178,12 @@ func runBridge(args []string, stderr io.Writer) error {
 		instance     = fs.String("instance", "", "name of this replica in event sources (default: $POD_NAME or the host name)")
 		noReload     = fs.Bool("no-reload", false, "do not watch the configuration file for changes")
 		listen       = fs.String("listen", "", "address of /healthz, /readyz and /metrics (default: the configuration's listen)")
+		leaderElect  = fs.Bool("leader-elect", false, "run only while holding a Lease, so that one of several replicas is active")
+		leName       = fs.String("leader-elect-name", "depbridge", "name of the leader election Lease")
+		leNamespace  = fs.String("leader-elect-namespace", "", "namespace of the Lease (default: $POD_NAMESPACE, the service account's namespace, or default)")
+		leLease      = fs.Duration("leader-elect-lease-duration", 15*time.Second, "how long a standby waits after the leader stopped renewing")
+		leRenew      = fs.Duration("leader-elect-renew-deadline", 10*time.Second, "how long the leader retries renewing before it gives up the lead")
+		leRetry      = fs.Duration("leader-elect-retry-period", 2*time.Second, "time between leader election attempts")
 	)
 	lf.register(fs)
 	if err := parse(fs, args); err != nil {
@@ -215,18 +222,36 @@ func runBridge(args []string, stderr io.Writer) error {
 	if !*noReload {
 		opts.ConfigPath = *configPath
 	}
+	if *leaderElect {
+		opts.LeaderElection = &bridge.LeaderElection{Name: *leName, Namespace: leaseNamespace(*leNamespace),
+			LeaseDuration: *leLease, RenewDeadline: *leRenew, RetryPeriod: *leRetry}
+	}
 	b, err := bridge.New(opts)
 	if err != nil {
 		return err
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	log.Info("starting", "version", version.String(), "config", *configPath, "apiserver", rc.Host)
+	log.Info("starting", "version", version.String(), "config", *configPath, "apiserver", rc.Host, "instance", *instance)
 	if err := b.Start(ctx); err != nil {
 		return err
 	}
 	log.Info("stopped")
 	return nil
+}
+
+// leaseNamespace is the flag's value, else the pod's namespace.
+func leaseNamespace(flagValue string) string {
+	if flagValue != "" {
+		return flagValue
+	}
+	if ns := os.Getenv("POD_NAMESPACE"); ns != "" {
+		return ns
+	}
+	if b, err := os.ReadFile("/var/run/secrets/kubernetes.io/serviceaccount/namespace"); err == nil && len(strings.TrimSpace(string(b))) > 0 {
+		return strings.TrimSpace(string(b))
+	}
+	return "default"
 }
 
 // validate checks each file and prints every problem with its position.

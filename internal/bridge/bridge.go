@@ -57,6 +57,9 @@ type Options struct {
 	// stopped (whose own grace for reconciles in flight is
 	// watch.Options.ShutdownGrace). Defaults to 10s.
 	CloseTimeout time.Duration
+	// LeaderElection, if set, runs the bridge only while this replica holds
+	// a Lease; standbys serve /healthz and report not ready.
+	LeaderElection *LeaderElection
 }
 
 // Bridge is the running program. Build it with New and run it with Start.
@@ -68,6 +71,7 @@ type Bridge struct {
 	engine  *watch.Engine
 	subs    *subscriptions
 	sinkErr map[string]error // sinks whose start-up check has not passed
+	leading bool
 	addr    net.Addr
 	started chan struct{}
 }
@@ -112,24 +116,42 @@ func (b *Bridge) Started() <-chan struct{} { return b.started }
 // Start runs the bridge until ctx is done or a component fails, and
 // returns after everything it started has stopped: the engine first (its
 // reconciles in flight get their grace), then the sinks are flushed and
-// closed, then the embedded server stops.
+// closed, then the embedded server stops. With leader election, the bridge
+// runs only while this replica leads, and Start returns an error when it
+// loses the lead.
 func (b *Bridge) Start(ctx context.Context) error {
+	listen := b.opts.Config.Listen
+	if b.opts.Listen != "" {
+		listen = b.opts.Listen
+	}
+	ln, err := net.Listen("tcp", listen)
+	if err != nil {
+		return fmt.Errorf("listen for health and metrics on %s: %w", listen, err)
+	}
+	b.mu.Lock()
+	b.addr = ln.Addr()
+	b.mu.Unlock()
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return serveHTTP(gctx, ln, b.opts.Registry, b.readiness) })
+	if b.opts.LeaderElection == nil {
+		g.Go(func() error { return b.run(gctx) })
+	} else {
+		g.Go(func() error { return b.lead(gctx) })
+	}
+	err = g.Wait()
+	if errors.Is(err, context.Canceled) {
+		err = nil
+	}
+	return err
+}
+
+// run is the active bridge: it returns when ctx is done (nil) or a
+// component fails.
+func (b *Bridge) run(ctx context.Context) error {
 	fileCfg := b.opts.Config
 	cfg := *fileCfg
 	cfg.Sinks = slices.Clone(cfg.Sinks)
 	cfg.Routes = slices.Clone(cfg.Routes)
-	if b.opts.Listen != "" {
-		cfg.Listen = b.opts.Listen
-	}
-
-	ln, err := net.Listen("tcp", cfg.Listen)
-	if err != nil {
-		return fmt.Errorf("listen for health and metrics on %s: %w", cfg.Listen, err)
-	}
-	defer ln.Close()
-	b.mu.Lock()
-	b.addr = ln.Addr()
-	b.mu.Unlock()
 
 	if len(cfg.Sinks) == 0 {
 		emb, err := startEmbedded(ctx, b.opts.EmbeddedNATS, b.opts.EmbeddedDir, b.log)
@@ -187,26 +209,19 @@ func (b *Bridge) Start(ctx context.Context) error {
 	case <-gctx.Done():
 		return g.Wait()
 	}
-	g.Go(func() error { return serveHTTP(gctx, ln, reg, b.readiness) })
 	g.Go(func() error { b.checkSinks(gctx, routes); return nil })
 	subs.setFile(gctx, cfg.Subscriptions)
 	g.Go(func() error { subs.retryFailed(gctx); return nil })
 	if b.opts.ConfigPath != "" {
 		r := &config.Reloader{Path: b.opts.ConfigPath, Current: fileCfg,
 			OnChange: func(next *config.Config) { b.reload(gctx, fileCfg, next); fileCfg = next },
-			OnError: func(err error) {
-				b.log.Error("configuration file rejected; the running configuration stays", "error", err)
-			},
+			OnError:  func(err error) { b.log.Error("configuration file rejected; the running configuration stays", "error", err) },
 		}
 		g.Go(func() error { return r.Start(gctx) })
 	}
 	close(b.started)
-	b.log.Info("bridge started", "listen", ln.Addr().String(), "subscriptions", len(cfg.Subscriptions), "sinks", len(sinks))
-	err = g.Wait()
-	if errors.Is(err, context.Canceled) {
-		err = nil
-	}
-	return err
+	b.log.Info("bridge started", "listen", b.Addr().String(), "subscriptions", len(cfg.Subscriptions), "sinks", len(sinks))
+	return g.Wait()
 }
 
 // buildSinks connects the configured sinks and compiles the routes. On
@@ -290,8 +305,11 @@ func (b *Bridge) reload(ctx context.Context, old, next *config.Config) {
 // readiness lists what keeps the bridge from being ready; none means ready.
 func (b *Bridge) readiness() []string {
 	b.mu.Lock()
-	engine, subs, sinkErr := b.engine, b.subs, b.sinkErr
+	engine, subs, sinkErr, standby := b.engine, b.subs, b.sinkErr, b.opts.LeaderElection != nil && !b.leading
 	b.mu.Unlock()
+	if standby {
+		return []string{"standby: another replica holds the lease"}
+	}
 	var problems []string
 	if engine == nil || !engine.Synced() {
 		problems = append(problems, "watches are still syncing")

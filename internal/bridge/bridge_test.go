@@ -55,10 +55,19 @@ type running struct {
 	b    *Bridge
 	path string
 	base string // http://addr
+	stop context.CancelFunc
+	done chan error
 }
 
 // start writes cfg to a file and runs a bridge on it until the test ends.
 func start(t *testing.T, cfg string) *running {
+	t.Helper()
+	return startWith(t, cfg, nil)
+}
+
+// startWith is start with options changed by opt; it returns before the
+// bridge has started (a standby never does).
+func startWith(t *testing.T, cfg string, opt func(*Options)) *running {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "config.yaml")
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
@@ -71,35 +80,53 @@ func start(t *testing.T, cfg string) *running {
 	if err != nil {
 		t.Fatalf("config: %v", err)
 	}
-	b, err := New(Options{Config: c, ConfigPath: path, REST: env.Config, Logger: logger(), Listen: "127.0.0.1:0",
-		EmbeddedNATS: "127.0.0.1:0"})
+	opts := Options{Config: c, ConfigPath: path, REST: env.Config, Logger: logger(), Listen: "127.0.0.1:0",
+		EmbeddedNATS: "127.0.0.1:0"}
+	if opt != nil {
+		opt(&opts)
+	}
+	b, err := New(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- b.Start(ctx) }()
-	select {
-	case <-b.Started():
-	case err := <-done:
-		cancel()
-		t.Fatalf("bridge stopped at start: %v", err)
-	case <-time.After(wait):
-		cancel()
-		t.Fatal("bridge did not start")
-	}
-	t.Cleanup(func() {
-		cancel()
+	r := &running{b: b, path: path, stop: cancel, done: done}
+	if opts.LeaderElection == nil {
 		select {
+		case <-b.Started():
 		case err := <-done:
-			if err != nil {
-				t.Errorf("bridge: %v", err)
-			}
+			cancel()
+			t.Fatalf("bridge stopped at start: %v", err)
 		case <-time.After(wait):
-			t.Error("bridge did not stop")
+			cancel()
+			t.Fatal("bridge did not start")
+		}
+	}
+	eventually(t, "health server listening", func() bool { return b.Addr() != nil })
+	r.base = "http://" + b.Addr().String()
+	t.Cleanup(func() {
+		if err := r.shutdown(); err != nil {
+			t.Errorf("bridge: %v", err)
 		}
 	})
-	return &running{b: b, path: path, base: "http://" + b.Addr().String()}
+	return r
+}
+
+// shutdown stops the bridge and returns what Start returned.
+func (r *running) shutdown() error {
+	r.stop()
+	select {
+	case err, ok := <-r.done:
+		if !ok {
+			return nil
+		}
+		close(r.done)
+		return err
+	case <-time.After(wait):
+		return fmt.Errorf("bridge did not stop within %s", wait)
+	}
 }
 
 func (r *running) get(t *testing.T, path string) (int, string) {
@@ -341,4 +368,78 @@ func TestReload(t *testing.T) {
 	if code, _ := r.get(t, "/readyz"); code != http.StatusOK {
 		t.Fatalf("not ready after a rejected file: %d", code)
 	}
+}
+
+// One of two replicas leads and publishes; the other is a standby, not
+// ready. When the leader stops, the standby takes over and events keep
+// coming.
+func TestLeaderElection(t *testing.T) {
+	broker, err := testenv.StartNATS()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer broker.Close()
+	nc, err := nats.Connect(broker.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	ctx := context.Background()
+	stream, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "LE", Subjects: []string{"le.>"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns := namespace(t)
+	cs := kubernetes.NewForConfigOrDie(env.Config)
+	if _, err := cs.CoreV1().ConfigMaps(ns).Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "cm"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	cfg := fmt.Sprintf(`
+sinks: [{name: js, jetstream: {url: %q}}]
+routes: [{name: default, sink: js, subject: "le.{{.Name}}"}]
+subscriptions:
+  - watcher: {version: v1, kind: ConfigMap, namespace: fn, name: w}
+    watched: [{version: v1, kind: ConfigMap, namespace: %s, name: cm}]
+    initialReconcile: false
+`, broker.URL(), ns)
+	replica := func(id string) *running {
+		return startWith(t, cfg, func(o *Options) {
+			o.Instance = id
+			o.LeaderElection = &LeaderElection{Name: "le-" + ns, Namespace: ns, LeaseDuration: 2 * time.Second,
+				RenewDeadline: time.Second, RetryPeriod: 200 * time.Millisecond}
+		})
+	}
+	a, b := replica("a"), replica("b")
+	ready := func(r *running) bool { code, _ := r.get(t, "/readyz"); return code == http.StatusOK }
+	eventually(t, "one replica ready", func() bool { return ready(a) != ready(b) })
+	leader, standby := a, b
+	if ready(b) {
+		leader, standby = b, a
+	}
+	if _, body := standby.get(t, "/readyz"); !strings.Contains(body, "standby") {
+		t.Fatalf("standby's /readyz says %q", body)
+	}
+	if v := leader.metric(t, "depbridge_leader"); v != 1 {
+		t.Fatalf("depbridge_leader = %v on the leader", v)
+	}
+	update := func(n string) {
+		cm, _ := cs.CoreV1().ConfigMaps(ns).Get(ctx, "cm", metav1.GetOptions{})
+		cm.Data = map[string]string{"n": n}
+		if _, err := cs.CoreV1().ConfigMaps(ns).Update(ctx, cm, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	msgs := func() uint64 { info, _ := stream.Info(ctx); return info.State.Msgs }
+	update("1")
+	eventually(t, "the leader publishes", func() bool { return msgs() == 1 })
+
+	stopped := time.Now()
+	if err := leader.shutdown(); err != nil {
+		t.Fatalf("leader stopped with %v", err)
+	}
+	eventually(t, "the standby takes over", func() bool { return ready(standby) })
+	t.Logf("standby ready %s after the leader stopped", time.Since(stopped).Round(10*time.Millisecond))
+	update("2")
+	eventually(t, "the new leader publishes", func() bool { return msgs() >= 2 })
 }
