@@ -215,7 +215,9 @@ func (b *Bridge) run(ctx context.Context) error {
 	if b.opts.ConfigPath != "" {
 		r := &config.Reloader{Path: b.opts.ConfigPath, Current: fileCfg,
 			OnChange: func(next *config.Config) { b.reload(gctx, fileCfg, next); fileCfg = next },
-			OnError:  func(err error) { b.log.Error("configuration file rejected; the running configuration stays", "error", err) },
+			OnError: func(err error) {
+				b.log.Error("configuration file rejected; the running configuration stays", "error", err)
+			},
 		}
 		g.Go(func() error { return r.Start(gctx) })
 	}
