@@ -3,6 +3,7 @@ package deploy
 import (
 	"context"
 	"fmt"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
@@ -12,6 +13,7 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -129,6 +131,7 @@ func checkBuild(t *testing.T, b built) {
 		sas      = map[string]bool{}
 		nss      = map[string]*corev1.Namespace{}
 		rbacObjs []runtime.Object
+		pdbs     []*policyv1.PodDisruptionBudget
 	)
 	for _, o := range b.typed {
 		switch o := o.(type) {
@@ -142,6 +145,8 @@ func checkBuild(t *testing.T, b built) {
 			nss[o.Name] = o
 		case *rbacv1.ClusterRole, *rbacv1.ClusterRoleBinding, *rbacv1.Role, *rbacv1.RoleBinding:
 			rbacObjs = append(rbacObjs, o)
+		case *policyv1.PodDisruptionBudget:
+			pdbs = append(pdbs, o)
 		default:
 			t.Errorf("unexpected %T", o)
 		}
@@ -161,6 +166,10 @@ func checkBuild(t *testing.T, b built) {
 	}
 	if ru := d.Spec.Strategy.RollingUpdate; ru == nil || ru.MaxUnavailable == nil || ru.MaxUnavailable.IntValue() != 0 {
 		t.Errorf("rolling update %+v: want maxUnavailable 0, so that the standby stays while the leader is replaced", ru)
+	}
+	if len(pdbs) != 1 || pdbs[0].Namespace != ns || pdbs[0].Spec.MaxUnavailable == nil || pdbs[0].Spec.MaxUnavailable.IntValue() != 1 ||
+		pdbs[0].Spec.Selector == nil || !maps.Equal(pdbs[0].Spec.Selector.MatchLabels, d.Spec.Selector.MatchLabels) {
+		t.Errorf("want one PodDisruptionBudget of the Deployment's pods with maxUnavailable 1, got %+v", pdbs)
 	}
 	spec := d.Spec.Template.Spec
 	if !sas[ns+"/"+spec.ServiceAccountName] {
