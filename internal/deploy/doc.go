@@ -6,9 +6,10 @@
 //   - Every kustomization under config/ (base, overlays, components) builds
 //     with kustomize, every object decodes strictly with client-go's scheme,
 //     and the Deployment keeps its invariants: two replicas with
-//     --leader-elect, probes, non-root and read-only, resources, JSON logs,
-//     a configuration that loads and validates, and RBAC equal to what
-//     internal/rbac generates for it (TestKustomize).
+//     --leader-elect and a PodDisruptionBudget, probes, non-root and
+//     read-only, resources, JSON logs, a configuration that loads and
+//     validates, and RBAC equal to what internal/rbac generates for it
+//     (TestKustomize).
 //   - docker-compose.yml has its services, ports, health checks and files,
 //     and its bridge configuration validates; the Dockerfile builds what
 //     the compose file runs, from a context .dockerignore does not empty
