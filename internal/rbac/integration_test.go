@@ -39,26 +39,36 @@ import (
 	"github.com/depbridge/depbridge/internal/watch"
 )
 
-// env is the control plane of this package's integration test.
-var env *testenv.Env
+// The control plane of this package's integration tests, started by the
+// first test that needs one (the table tests need none) and stopped by
+// TestMain.
+var (
+	envOnce   sync.Once
+	sharedEnv *testenv.Env
+	envErr    error
+)
+
+// integration returns the control plane, or fails the test with
+// testenv's message saying why it could not start.
+func integration(t *testing.T) *testenv.Env {
+	t.Helper()
+	envOnce.Do(func() { sharedEnv, envErr = testenv.Start() })
+	if envErr != nil {
+		t.Fatalf("control plane: %v", envErr)
+	}
+	return sharedEnv
+}
 
 func TestMain(m *testing.M) {
 	// client-go's leader election logs through klog; keep test output clean.
 	klog.SetOutput(io.Discard)
 	klog.LogToStderr(false)
-	code := func() int {
-		var err error
-		if env, err = testenv.Start(); err != nil {
-			fmt.Fprintln(os.Stderr, "rbac integration tests:", err)
-			return 1
+	code := m.Run()
+	if sharedEnv != nil {
+		if err := sharedEnv.Stop(); err != nil {
+			fmt.Fprintln(os.Stderr, "stop control plane:", err)
 		}
-		defer func() {
-			if err := env.Stop(); err != nil {
-				fmt.Fprintln(os.Stderr, "stop control plane:", err)
-			}
-		}()
-		return m.Run()
-	}()
+	}
 	os.Exit(code)
 }
 
@@ -155,6 +165,7 @@ func apply(ctx context.Context, t *testing.T, cs kubernetes.Interface, objs []ru
 // the configuration registers and is reconciled, what the configuration
 // does not watch is forbidden, and leader election works.
 func TestGeneratedRBAC(t *testing.T) {
+	env := integration(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	admin := must(kubernetes.NewForConfig(env.Config))(t)
@@ -303,7 +314,7 @@ subscriptions:
 	if _, err := meta.Resource(crds).List(ctx, metav1.ListOptions{}); err != nil {
 		t.Fatalf("list CRDs (metadata) as the ServiceAccount: %v", err)
 	}
-	installWidgetCRD(ctx, t, widgetGroup)
+	installWidgetCRD(ctx, t, env, widgetGroup)
 	dyn := must(dynamic.NewForConfig(env.Config))(t)
 	widget := &unstructured.Unstructured{Object: map[string]any{
 		"apiVersion": widgetGroup + "/v1", "kind": "Widget", "metadata": map[string]any{"name": "w"}}}
@@ -351,7 +362,7 @@ subscriptions:
 // DiscoveryResolver against the real API server, with and without
 // versions.
 func TestDiscoveryResolver(t *testing.T) {
-	resolve := rbac.DiscoveryResolver(must(discovery.NewDiscoveryClientForConfig(env.Config))(t))
+	resolve := rbac.DiscoveryResolver(must(discovery.NewDiscoveryClientForConfig(integration(t).Config))(t))
 	tests := map[string]struct {
 		gvk        schema.GroupVersionKind
 		resource   string
@@ -380,7 +391,7 @@ func TestDiscoveryResolver(t *testing.T) {
 	}
 }
 
-func installWidgetCRD(ctx context.Context, t *testing.T, group string) {
+func installWidgetCRD(ctx context.Context, t *testing.T, env *testenv.Env, group string) {
 	t.Helper()
 	crd := &unstructured.Unstructured{Object: map[string]any{
 		"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",

@@ -379,17 +379,13 @@ func (g *generator) objects() []runtime.Object {
 			&rbacv1.ClusterRoleBinding{TypeMeta: typeMeta("ClusterRoleBinding"), ObjectMeta: g.meta(g.opts.Name, ""),
 				RoleRef: roleRef("ClusterRole", g.opts.Name), Subjects: g.subjects()})
 	}
-	roles := map[string][]rbacv1.PolicyRule{} // namespace -> rules of the Role Name
-	for ns, groups := range namespaced {
-		roles[ns] = rules(groups)
-	}
 	type role struct {
 		ns, name string
 		rules    []rbacv1.PolicyRule
 	}
 	var all []role
-	for ns, r := range roles {
-		all = append(all, role{ns, g.opts.Name, r})
+	for ns, groups := range namespaced {
+		all = append(all, role{ns, g.opts.Name, rules(groups)})
 	}
 	if g.opts.LeaderElection {
 		all = append(all, role{g.opts.LeaseNamespace, g.opts.Name + "-leader-election", []rbacv1.PolicyRule{
