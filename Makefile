@@ -24,7 +24,7 @@ BENCH        ?= .
 VERSION      ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS      := -X github.com/depbridge/depbridge/internal/version.Version=$(VERSION)
 
-.PHONY: all build test bench lint fmt fuzz demo k8s-binaries clean help
+.PHONY: all build test bench lint fmt fuzz demo image k8s-binaries clean help
 
 all: build
 
@@ -63,6 +63,11 @@ fuzz:
 
 demo: build k8s-binaries
 	@hack/demo.sh "$(KUBEBUILDER_ASSETS)"
+
+# image builds the container image (needs a Docker engine).
+IMAGE ?= depbridge:$(VERSION)
+image:
+	docker build --build-arg VERSION=$(VERSION) -t $(IMAGE) .
 
 clean:
 	rm -rf bin

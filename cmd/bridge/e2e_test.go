@@ -272,3 +272,33 @@ func TestRunInvalidConfig(t *testing.T) {
 		t.Errorf("run without --config: %v %s", err, out)
 	}
 }
+
+// bridge rbac prints, from the cluster's discovery, RBAC for exactly what
+// the configuration watches, bound to the ServiceAccount, with the Lease
+// for leader election.
+func TestRBACCommand(t *testing.T) {
+	cfg := writeFile(t, "bridge.yaml", `
+routes: [{name: default, sink: default}]
+subscriptions:
+  - watcher: {version: v1, kind: ConfigMap, namespace: apps, name: w}
+    watched:
+      - {version: v1, kind: ConfigMap, namespace: apps, name: settings}
+      - {version: v1, kind: Secret, namespace: apps, selector: "app=web"}
+`)
+	var stdout, stderr bytes.Buffer
+	cmd := exec.Command(binary, "rbac", "--config", cfg, "--kubeconfig", kubeconfig, "--namespace", "bridge-ns", "--leader-elect")
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("bridge rbac: %v\n%s", err, stderr.String())
+	}
+	out := stdout.String()
+	for _, want := range []string{"kind: Role", "namespace: apps", "configmaps", "secrets", "- watch", "kind: RoleBinding",
+		"- kind: ServiceAccount\n  name: depbridge\n  namespace: bridge-ns", "leases", "coordination.k8s.io"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("rbac output lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, "ClusterRole\n") {
+		t.Errorf("namespaced watches should not need a ClusterRole:\n%s", out)
+	}
+}

@@ -3,6 +3,7 @@
 //
 //	bridge run --config FILE        run the bridge
 //	bridge validate FILE...         check configuration files; print every problem
+//	bridge rbac --config FILE       print the least-privilege RBAC the configuration needs
 //	bridge tail --nats URL          print the CloudEvents on a NATS subject
 //	bridge version                  print the version
 //
@@ -44,6 +45,7 @@ const usage = `usage: bridge <command> [flags]
 commands:
   run --config FILE    run the bridge
   validate FILE...     check configuration files and print every problem
+  rbac --config FILE   print the least-privilege RBAC (Roles, bindings) the configuration needs
   tail --nats URL      print the CloudEvents published on a NATS subject
   version              print the version
 
@@ -66,6 +68,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return validate(args, stdout, stderr)
 	case "tail":
 		err = tail(args, stdout, stderr)
+	case "rbac":
+		err = rbacCommand(args, stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintln(stdout, version.String())
 		return 0
