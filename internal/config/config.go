@@ -28,6 +28,10 @@ type Config struct {
 	Control *Control `json:"control,omitempty"`
 	// Engine tunes the watch engine.
 	Engine Engine `json:"engine,omitempty"`
+	// Checkpoint records what each watcher was told, so that a restarted
+	// bridge sends requests only for what changed while it was down. Off
+	// when nil: at start every watcher is reconciled (level triggered).
+	Checkpoint *Checkpoint `json:"checkpoint,omitempty"`
 
 	// src is the file the Config was loaded from, for the positions in
 	// Validate's errors and for Reloader; nil for a Config built in code.
@@ -194,4 +198,43 @@ type PolicyRule struct {
 type Engine struct {
 	// Workers reconcile different watchers concurrently. Defaults to 4.
 	Workers int `json:"workers,omitempty"`
+}
+
+// Checkpoint says where records are kept. Exactly one of File, JetStream
+// and Kafka is set.
+type Checkpoint struct {
+	// File keeps records in a local JSON file: one replica only, and lost
+	// with its disk.
+	File *CheckpointFile `json:"file,omitempty"`
+	// JetStream keeps records in a key-value bucket on the server of a
+	// jetstream sink; replicas share it, so a standby resumes from it.
+	JetStream *CheckpointJetStream `json:"jetstream,omitempty"`
+	// Kafka keeps records in a compacted topic on the brokers of a kafka
+	// sink; replicas share it.
+	Kafka *CheckpointKafka `json:"kafka,omitempty"`
+	// Interval between writes of changed records. Defaults to 500ms.
+	Interval metav1.Duration `json:"interval,omitempty"`
+}
+
+// CheckpointFile is a local checkpoint file.
+type CheckpointFile struct {
+	// Path of the file; its directory must be writable.
+	Path string `json:"path"`
+}
+
+// CheckpointJetStream is a JetStream key-value bucket.
+type CheckpointJetStream struct {
+	// Sink is the name of a jetstream sink whose server holds the bucket.
+	Sink string `json:"sink"`
+	// Bucket is created if missing. Defaults to "depbridge_checkpoints".
+	Bucket string `json:"bucket,omitempty"`
+}
+
+// CheckpointKafka is a compacted Kafka topic.
+type CheckpointKafka struct {
+	// Sink is the name of a kafka sink whose brokers hold the topic.
+	Sink string `json:"sink"`
+	// Topic is created (compacted) if missing. Defaults to
+	// "depbridge.checkpoints".
+	Topic string `json:"topic,omitempty"`
 }

@@ -55,6 +55,15 @@ func (c *Config) Default() {
 			c.Control.MaxMessageBytes = 65536
 		}
 	}
+	if c.Checkpoint != nil {
+		setDuration(&c.Checkpoint.Interval, 500*time.Millisecond)
+		if c.Checkpoint.JetStream != nil {
+			setString(&c.Checkpoint.JetStream.Bucket, "depbridge_checkpoints")
+		}
+		if c.Checkpoint.Kafka != nil {
+			setString(&c.Checkpoint.Kafka.Topic, "depbridge.checkpoints")
+		}
+	}
 	if c.Engine.Workers == 0 {
 		c.Engine.Workers = 4
 	}

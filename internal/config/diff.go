@@ -3,6 +3,7 @@ package config
 import (
 	"cmp"
 	"encoding/json"
+	"reflect"
 	"slices"
 
 	"github.com/depbridge/depbridge/internal/cache"
@@ -21,7 +22,7 @@ type Changes struct {
 	// control channel differ. A program that cannot swap them at run time
 	// may refuse the reload or restart.
 	Sinks, Routes, Control bool
-	// Settings says whether cluster, listen or engine differ.
+	// Settings says whether cluster, listen, engine or checkpoint differ.
 	Settings bool
 }
 
@@ -66,7 +67,8 @@ func Diff(old, new *Config) Changes {
 	ch.Sinks = !sameJSON(orNil(old.Sinks), orNil(new.Sinks))
 	ch.Routes = !sameJSON(orNil(old.Routes), orNil(new.Routes))
 	ch.Control = !sameJSON(old.Control, new.Control)
-	ch.Settings = old.Cluster != new.Cluster || old.Listen != new.Listen || old.Engine != new.Engine
+	ch.Settings = old.Cluster != new.Cluster || old.Listen != new.Listen || old.Engine != new.Engine ||
+		!reflect.DeepEqual(old.Checkpoint, new.Checkpoint)
 	return ch
 }
 

@@ -247,6 +247,7 @@ func defaultValues() map[reflect.Type]map[string]any {
 		Routes:        []Route{{}},
 		Subscriptions: []Subscription{{}},
 		Control:       &Control{},
+		Checkpoint:    &Checkpoint{File: &CheckpointFile{}, JetStream: &CheckpointJetStream{}, Kafka: &CheckpointKafka{}},
 	}
 	c.Default()
 	out := map[reflect.Type]map[string]any{}

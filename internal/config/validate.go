@@ -56,7 +56,10 @@ import (
 //     exists; maxMessageBytes is not negative; policy rules list sane
 //     groups, kinds and namespaces, with "*" alone; a rule naming Secrets
 //     needs allowSecrets.
-//   - engine.workers is not negative.
+//   - engine.workers is not negative;
+//   - checkpoint sets exactly one of file (with a path), jetstream (a
+//     jetstream sink, a valid bucket name) and kafka (a kafka sink, a
+//     valid topic), and a non-negative interval.
 //
 // With no sinks the program adds the embedded sink "default" (a JetStream
 // sink) and, when no route is named "default", a route "default" to it; so
@@ -136,6 +139,59 @@ func (v *validator) config() {
 	}
 	if c.Engine.Workers < 0 {
 		v.errorf("engine.workers", "must not be negative")
+	}
+	if c.Checkpoint != nil {
+		v.checkpoint("checkpoint", c.Checkpoint)
+	}
+}
+
+var kvBucket = regexp.MustCompile(`^[a-zA-Z0-9_-]+$`)
+
+func (v *validator) checkpoint(p string, cp *Checkpoint) {
+	var set []string
+	if cp.File != nil {
+		set = append(set, "file")
+		if cp.File.Path == "" {
+			v.errorf(p+".file.path", "is required")
+		}
+	}
+	if cp.JetStream != nil {
+		set = append(set, "jetstream")
+		v.checkpointSink(p+".jetstream.sink", cp.JetStream.Sink, "jetstream", func(s *Sink) bool { return s.JetStream != nil })
+		if b := cp.JetStream.Bucket; b != "" && !kvBucket.MatchString(b) {
+			v.errorf(p+".jetstream.bucket", "a bucket name is letters, digits, '_' or '-'")
+		}
+	}
+	if cp.Kafka != nil {
+		set = append(set, "kafka")
+		v.checkpointSink(p+".kafka.sink", cp.Kafka.Sink, "kafka", func(s *Sink) bool { return s.Kafka != nil })
+		if t := cp.Kafka.Topic; t != "" && !kafkaTopic.MatchString(t) {
+			v.errorf(p+".kafka.topic", "a Kafka topic is 1 to 249 letters, digits, '.', '_' or '-'")
+		}
+	}
+	switch len(set) {
+	case 0:
+		v.errorf(p, "set one of file, jetstream or kafka")
+	case 1:
+	default:
+		v.errorf(p, "set only one of file, jetstream or kafka, not %s", strings.Join(set, " and "))
+	}
+	if cp.Interval.Duration < 0 {
+		v.errorf(p+".interval", "must not be negative")
+	}
+}
+
+// checkpointSink checks that name is a sink of the kind a checkpoint store
+// needs (the embedded JetStream sink counts when there are no sinks).
+func (v *validator) checkpointSink(path, name, kind string, ok func(*Sink) bool) {
+	switch i, found := v.sinks[name]; {
+	case name == "":
+		v.errorf(path, "is required: the name of a %s sink", kind)
+	case len(v.c.Sinks) == 0 && name == EmbeddedSink && kind == "jetstream":
+	case !found:
+		v.errorf(path, "sink %q does not exist%s", name, v.sinkHint())
+	case !ok(&v.c.Sinks[i]):
+		v.errorf(path, "sink %q is not a %s sink", name, kind)
 	}
 }
 

@@ -23,7 +23,10 @@ func validate(t *testing.T, yaml string) (*Config, error) {
 
 func TestValidateAccepts(t *testing.T) {
 	tests := map[string]string{
-		"empty": "{}",
+		"empty":                                "{}",
+		"checkpoint in a file":                 "checkpoint: {file: {path: /var/lib/depbridge/checkpoints.json}}\n",
+		"checkpoint on the embedded jetstream": "checkpoint: {jetstream: {sink: default}, interval: 1s}\n",
+		"checkpoint on kafka":                  "sinks: [{name: k, kafka: {brokers: [\"a:9092\"]}}]\nroutes: [{name: default, sink: k}]\ncheckpoint: {kafka: {sink: k}}\n",
 		"no sinks: the embedded sink and route default exist": `
 subscriptions:
   - watcher: {version: v1, kind: A, name: a}
@@ -86,6 +89,29 @@ var validateErrorCases = map[string]struct {
 	yaml string
 	want []string
 }{
+	"checkpoint: none or several stores": {
+		yaml: "checkpoint: {interval: -1s}\n",
+		want: []string{
+			"t.yaml:1:1: checkpoint: set one of file, jetstream or kafka",
+			"t.yaml:1:24: checkpoint.interval: must not be negative",
+		},
+	},
+	"checkpoint: stores and their sinks": {
+		yaml: `sinks: [{name: k, kafka: {brokers: ["a:9092"]}}, {name: s, stdout: {}}]
+checkpoint:
+  file: {path: ""}
+  jetstream: {sink: k, bucket: "no spaces"}
+  kafka: {sink: nowhere, topic: "bad topic"}
+`,
+		want: []string{
+			"t.yaml:2:1: checkpoint: set only one of file, jetstream or kafka, not file and jetstream and kafka",
+			`t.yaml:3:16: checkpoint.file.path: is required`,
+			`t.yaml:4:21: checkpoint.jetstream.sink: sink "k" is not a jetstream sink`,
+			`t.yaml:4:32: checkpoint.jetstream.bucket: a bucket name is letters, digits, '_' or '-'`,
+			`t.yaml:5:17: checkpoint.kafka.sink: sink "nowhere" does not exist`,
+			`t.yaml:5:33: checkpoint.kafka.topic: a Kafka topic is 1 to 249 letters, digits, '.', '_' or '-'`,
+		},
+	},
 	"settings": {
 		yaml: "cluster: Prod_1\nlisten: localhost\nengine: {workers: -1}\n",
 		want: []string{
