@@ -181,7 +181,32 @@ func (b *Bridge) run(ctx context.Context) error {
 		return fmt.Errorf("register queue metrics: %w", err)
 	}
 
+	cp, err := b.openCheckpoint(ctx, &cfg)
+	if err != nil {
+		return err
+	}
+	var checkpointer watch.Checkpoint
+	if cp != nil {
+		checkpointer = cp
+		// The store runs until the engine has stopped, so that its last
+		// write holds the last acknowledgements.
+		cpCtx, cpStop := context.WithCancel(context.WithoutCancel(ctx))
+		cpDone := make(chan error, 1)
+		go func() { cpDone <- cp.Start(cpCtx) }()
+		defer func() {
+			cpStop()
+			if err := <-cpDone; err != nil {
+				b.log.Error("close checkpoint store", "error", err)
+			}
+		}()
+	} else {
+		b.log.Info("no checkpoint store configured: every watcher is reconciled at start (level triggered)")
+	}
+
 	subs := newSubscriptions(nil, routes, b.log)
+	if cp != nil {
+		subs.forget = cp.Forget
+	}
 	var engine *watch.Engine
 	rec, err := publish.New(publish.Options{
 		Cluster: cfg.Cluster, Instance: b.opts.Instance, Router: subs, Metrics: pubMetrics, Logger: b.log,
@@ -190,7 +215,8 @@ func (b *Bridge) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	engine, err = watch.New(b.opts.REST, rec, watch.Options{Logger: b.log, Workers: cfg.Engine.Workers, QueueMetrics: queueMetrics})
+	engine, err = watch.New(b.opts.REST, rec, watch.Options{Logger: b.log, Workers: cfg.Engine.Workers, QueueMetrics: queueMetrics,
+		Checkpoint: checkpointer})
 	if err != nil {
 		return err
 	}
@@ -211,6 +237,9 @@ func (b *Bridge) run(ctx context.Context) error {
 	}
 	g.Go(func() error { b.checkSinks(gctx, routes); return nil })
 	subs.setFile(gctx, cfg.Subscriptions)
+	if cp == nil {
+		subs.resyncAll()
+	}
 	g.Go(func() error { subs.retryFailed(gctx); return nil })
 	if b.opts.ConfigPath != "" {
 		r := &config.Reloader{Path: b.opts.ConfigPath, Current: fileCfg,

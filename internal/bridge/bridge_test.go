@@ -443,3 +443,82 @@ subscriptions:
 	update("2")
 	eventually(t, "the new leader publishes", func() bool { return msgs() >= 2 })
 }
+
+// A restart with nothing changed sends nothing with a checkpoint store, and
+// one resync request per watcher without one.
+func TestRestartWithAndWithoutCheckpoint(t *testing.T) {
+	broker, err := testenv.StartNATS()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer broker.Close()
+	nc, err := nats.Connect(broker.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	ctx := context.Background()
+	stream, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "RS", Subjects: []string{"rs.>"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns := namespace(t)
+	cs := kubernetes.NewForConfigOrDie(env.Config)
+	const watchers = 20
+	var subs strings.Builder
+	for i := range watchers {
+		if i < 10 {
+			if _, err := cs.CoreV1().ConfigMaps(ns).Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprint("cm", i)}}, metav1.CreateOptions{}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// Half the watchers depend on objects that exist.
+		fmt.Fprintf(&subs, "  - watcher: {version: v1, kind: ConfigMap, namespace: fn, name: w%d}\n    watched: [{version: v1, kind: ConfigMap, namespace: %s, name: cm%d}]\n", i, ns, i)
+	}
+	msgs := func() uint64 { info, _ := stream.Info(ctx); return info.State.Msgs }
+	cpPath := filepath.Join(t.TempDir(), "cp.json")
+	cfg := func(checkpoint string) string {
+		return fmt.Sprintf("sinks: [{name: js, jetstream: {url: %q}}]\nroutes: [{name: default, sink: js, subject: \"rs.{{.Name}}\"}]\n%ssubscriptions:\n%s",
+			broker.URL(), checkpoint, subs.String())
+	}
+	withCP := cfg(fmt.Sprintf("checkpoint: {file: {path: %q}, interval: 50ms}\n", cpPath))
+
+	first := start(t, withCP)
+	eventually(t, "initial requests of the 10 watchers whose objects exist", func() bool { return msgs() == 10 })
+	eventually(t, "all 20 watchers recorded", func() bool {
+		b, _ := os.ReadFile(cpPath)
+		return strings.Count(string(b), `"v1/ConfigMap/fn/w`) == watchers
+	})
+	if err := first.shutdown(); err != nil {
+		t.Fatal(err)
+	}
+
+	second := start(t, withCP)
+	eventually(t, "ready", func() bool { code, _ := second.get(t, "/readyz"); return code == http.StatusOK })
+	// One change, after the restart: it arrives, and nothing else does.
+	cm, _ := cs.CoreV1().ConfigMaps(ns).Get(ctx, "cm3", metav1.GetOptions{})
+	cm.Data = map[string]string{"k": "v"}
+	if _, err := cs.CoreV1().ConfigMaps(ns).Update(ctx, cm, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the change after the restart", func() bool { return msgs() >= 11 })
+	time.Sleep(time.Second)
+	if n := msgs(); n != 11 {
+		t.Fatalf("%d events after a restart with a checkpoint and one change, want 11 (10 initial + 1)", n)
+	}
+	if err := second.shutdown(); err != nil {
+		t.Fatal(err)
+	}
+
+	third := start(t, cfg(""))
+	defer third.shutdown()
+	eventually(t, "one resync per watcher", func() bool { return msgs() == 11+watchers })
+	m, err := stream.GetMsg(ctx, 12)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(m.Data), `"op":"resync"`) {
+		t.Errorf("restart without checkpoint sent %s, want a resync", m.Data)
+	}
+}

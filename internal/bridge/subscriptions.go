@@ -44,6 +44,10 @@ type subscriptions struct {
 	// timeout bounds one registration (discovery, list and watch start).
 	timeout time.Duration
 
+	// forget, if set, is told of every watcher removed (its checkpoint
+	// record goes).
+	forget func(cache.Ref)
+
 	regMu sync.Mutex // serialises changes
 
 	mu      sync.RWMutex
@@ -112,7 +116,23 @@ func (s *subscriptions) remove(w cache.Ref) error {
 	s.mu.Lock()
 	delete(s.subs, w)
 	s.mu.Unlock()
+	if s.forget != nil {
+		s.forget(w)
+	}
 	return nil
+}
+
+// resyncAll queues one request for every registered watcher: without a
+// checkpoint store, the bridge cannot tell what changed while it was down.
+func (s *subscriptions) resyncAll() {
+	s.mu.RLock()
+	ws := slices.Collect(maps.Keys(s.subs))
+	s.mu.RUnlock()
+	for _, w := range ws {
+		if err := s.e.Resync(w); err != nil {
+			s.log.Error("resync", "watcher", w.Key(), "error", err)
+		}
+	}
 }
 
 // setFile makes the file's subscriptions (validated, canonical) those the
