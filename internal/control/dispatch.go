@@ -102,6 +102,14 @@ func newReplayTracker(readers int) *replayTracker {
 	return t
 }
 
+// addReaders counts n more readers; call it before the reader count can
+// reach zero (while a setup reader is still counted).
+func (t *replayTracker) addReaders(n int) {
+	t.mu.Lock()
+	t.readers += n
+	t.mu.Unlock()
+}
+
 // add counts one more replayed message to handle.
 func (t *replayTracker) add() {
 	t.mu.Lock()

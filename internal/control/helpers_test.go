@@ -28,24 +28,34 @@ import (
 	"github.com/depbridge/depbridge/internal/watch"
 )
 
-// env is the control plane shared by this package's integration tests.
-var env *testenv.Env
+// The control plane shared by this package's integration tests: started
+// by the first test that needs it (so that unit tests and fuzzing do not
+// pay for it), stopped by TestMain. A test that needs it fails, never
+// skips, when it cannot start.
+var (
+	envOnce sync.Once
+	env     *testenv.Env
+	envErr  error
+)
 
 func TestMain(m *testing.M) {
-	code := func() int {
-		var err error
-		if env, err = testenv.Start(); err != nil {
-			fmt.Fprintln(os.Stderr, "control tests:", err)
-			return 1
+	code := m.Run()
+	if env != nil {
+		if err := env.Stop(); err != nil {
+			fmt.Fprintln(os.Stderr, "stop control plane:", err)
 		}
-		defer func() {
-			if err := env.Stop(); err != nil {
-				fmt.Fprintln(os.Stderr, "stop control plane:", err)
-			}
-		}()
-		return m.Run()
-	}()
+	}
 	os.Exit(code)
+}
+
+// controlPlane returns the shared control plane, starting it if needed.
+func controlPlane(t testing.TB) *testenv.Env {
+	t.Helper()
+	envOnce.Do(func() { env, envErr = testenv.Start() })
+	if envErr != nil {
+		t.Fatalf("control plane: %v", envErr)
+	}
+	return env
 }
 
 const wait = 30 * time.Second
@@ -60,7 +70,7 @@ func testLogger(t testing.TB) *slog.Logger {
 // kube is an admin clientset of the shared control plane.
 func kube(t testing.TB) kubernetes.Interface {
 	t.Helper()
-	c, err := kubernetes.NewForConfig(env.Config)
+	c, err := kubernetes.NewForConfig(controlPlane(t).Config)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -292,7 +302,7 @@ type harness struct {
 func startEngine(t testing.TB, owned ...cache.Ref) *harness {
 	t.Helper()
 	rec := newRecorder()
-	e, err := watch.New(env.Config, rec, watch.Options{Logger: testLogger(t), Workers: 2})
+	e, err := watch.New(controlPlane(t).Config, rec, watch.Options{Logger: testLogger(t), Workers: 2})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -33,7 +33,8 @@ var (
 //   - depbridge_control_messages_total{type,result}: control messages
 //     handled, by type (apply, delete, query, unknown when the message
 //     could not be read) and result (accepted, rejected). Messages replayed
-//     at start count too.
+//     at start count too; the bridge's own restores of a watcher's last
+//     accepted message after a rejection do not.
 //   - depbridge_control_rejected_total{reason}: rejected messages by
 //     reason: too_large, unsupported (specversion, type, content type),
 //     invalid (malformed, unknown field, bad Ref, wrong subject or key),

@@ -349,7 +349,9 @@ func (t *NATS) process(ctx context.Context, m *nats.Msg, seq uint64, replay bool
 	if req != nil {
 		typ = req.Type
 	}
-	t.proc.metrics.observe(typ, err, time.Since(start))
+	if !restored {
+		t.proc.metrics.observe(typ, err, time.Since(start))
+	}
 	log := t.log.With("subject", m.Subject, "seq", seq, "replay", replay)
 	if req != nil {
 		log = log.With("watcher", req.Watcher.Key(), "type", req.Type, "event_id", req.ID)
