@@ -585,3 +585,90 @@ func TestNATSRestart(t *testing.T) {
 	updateConfigMap(t, k, ns, "c", map[string]string{"v": "2"})
 	h2.rec.waitFor(t, queried, "modified c", func(c watch.Cause) bool { return c.Op == watch.OpModified && c.Name == "c" })
 }
+
+func TestNATSStreamSetup(t *testing.T) {
+	srv := startNATS(t, t.TempDir())
+	c := newNATSClient(t, srv)
+	h := &harness{subs: &engineSubs{}}
+	start := func(opts Options) error {
+		tr, err := NewNATS(config.Control{Sink: "bus", Subject: prefix}, config.NATSConn{URL: natsURL(srv)}, h.subs, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), wait)
+		defer cancel()
+		errc := make(chan error, 1)
+		go func() { errc <- tr.Start(ctx) }()
+		select {
+		case err := <-errc:
+			return err
+		case <-tr.Synced():
+			cancel()
+			return <-errc
+		}
+	}
+	ctx := context.Background()
+	if err := start(Options{NoCreate: true}); err == nil || !strings.Contains(err.Error(), `stream "DEPBRIDGE_CONTROL" does not exist`) {
+		t.Errorf("NoCreate, no stream: %v", err)
+	}
+	// An existing stream keeps its settings and gains what it lacks.
+	if _, err := c.js.CreateStream(ctx, jetstream.StreamConfig{Name: DefaultStream, Subjects: []string{"other.>"}, MaxAge: time.Hour}); err != nil {
+		t.Fatal(err)
+	}
+	if err := start(Options{NoCreate: true}); err == nil || !strings.Contains(err.Error(), "must capture") {
+		t.Errorf("NoCreate, stream without the subjects: %v", err)
+	}
+	if err := start(Options{}); err != nil {
+		t.Fatalf("update the stream: %v", err)
+	}
+	s, err := c.js.Stream(ctx, DefaultStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := s.CachedInfo().Config
+	if !slices.Equal(cfg.Subjects, []string{"other.>", prefix + ".watcher.>"}) || cfg.MaxMsgsPerSubject != 1 || cfg.MaxAge != time.Hour {
+		t.Errorf("stream after update: subjects %v, max per subject %d, max age %s", cfg.Subjects, cfg.MaxMsgsPerSubject, cfg.MaxAge)
+	}
+	// A stream capturing the query subject would answer every request.
+	if _, err := c.js.CreateStream(ctx, jetstream.StreamConfig{Name: "EVERYTHING", Subjects: []string{prefix + ".query"}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := start(Options{}); err == nil || !strings.Contains(err.Error(), `stream "EVERYTHING" captures the query subject`) {
+		t.Errorf("query subject captured: %v", err)
+	}
+}
+
+// TestNATSLargeStatus: a query answer larger than the server's maximum
+// payload goes without its objects, saying so.
+func TestNATSLargeStatus(t *testing.T) {
+	k := kube(t)
+	ns := namespace(t, k)
+	for _, n := range []string{"a", "b", "c"} {
+		configMap(t, k, ns, n, map[string]string{"blob": strings.Repeat("x", 3000)})
+	}
+	s, err := server.NewServer(&server.Options{
+		Host: "127.0.0.1", Port: server.RANDOM_PORT, JetStream: true, StoreDir: t.TempDir(), MaxPayload: 8 << 10,
+		NoLog: true, NoSigs: true,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.Start()
+	if !s.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats-server did not start")
+	}
+	t.Cleanup(func() { s.Shutdown(); s.WaitForShutdown() })
+	h := startEngine(t)
+	runTransport(t, newNATSTransport(t, s, h, testPolicy(false)))
+	c := newNATSClient(t, s)
+	w := fnRef(ns, "fn")
+	_, st := c.request(t, newEvent(t, "big-answer", TypeQuery, QueryData{Watcher: w, Queries: []cache.Ref{
+		{Version: "v1", Kind: "ConfigMap", Namespace: ns, Selector: "app=web"},
+	}}), sink.Binary)
+	if !st.Accepted || !st.ObjectsOmitted || len(st.Results) != 1 || len(st.Results[0].Objects) != 0 {
+		t.Errorf("status: %+v", st)
+	}
+	if got := watchedNames(t, h.e, w); len(got) != 3 {
+		t.Errorf("the query took effect anyway: watched %v", got)
+	}
+}
