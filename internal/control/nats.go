@@ -134,7 +134,13 @@ func (t *NATS) Start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("control: %w", err)
 	}
-	defer nc.Close()
+	defer func() {
+		// Status events still buffered go out before the connection closes.
+		if nc.IsConnected() {
+			_ = nc.FlushTimeout(2 * time.Second)
+		}
+		nc.Close()
+	}()
 	js, err := jetstream.New(nc)
 	if err != nil {
 		return fmt.Errorf("control: jetstream: %w", err)

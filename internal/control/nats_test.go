@@ -672,3 +672,54 @@ func TestNATSLargeStatus(t *testing.T) {
 		t.Errorf("the query took effect anyway: watched %v", got)
 	}
 }
+
+// TestNATSServerRestart: the channel outlives a restart of the NATS
+// server, and handles what comes after it.
+func TestNATSServerRestart(t *testing.T) {
+	k := kube(t)
+	ns := namespace(t, k)
+	configMap(t, k, ns, "a", nil)
+	configMap(t, k, ns, "b", nil)
+	dir := t.TempDir()
+	srv := startNATS(t, dir)
+	port := srv.Addr().(*net.TCPAddr).Port
+	h := startEngine(t)
+	tr := newNATSTransport(t, srv, h, testPolicy(false))
+	runTransport(t, tr)
+	c := newNATSClient(t, srv)
+	w := fnRef(ns, "fn")
+	c.publish(t, WatcherSubject(prefix, w), newEvent(t, "before", TypeApply, applyData(w, cmRef(ns, "a"))), sink.Binary)
+	c.waitStatus(t, "before")
+
+	srv.Shutdown()
+	srv.WaitForShutdown()
+	s2, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: port, JetStream: true, StoreDir: dir, NoLog: true, NoSigs: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s2.Start()
+	if !s2.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats-server did not restart")
+	}
+	t.Cleanup(func() { s2.Shutdown(); s2.WaitForShutdown() })
+
+	// The client reconnects too; retry the publish until the stream takes it.
+	e := newEvent(t, "after", TypeApply, applyData(w, cmRef(ns, "b")))
+	m := encodeNATS(t, WatcherSubject(prefix, w), e)
+	eventually(t, "publish after the restart", func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		_, err := c.js.PublishMsg(ctx, m)
+		return err == nil
+	})
+	if _, st := c.waitStatus(t, "after"); !st.Accepted {
+		t.Fatalf("after the restart: %+v", st)
+	}
+	if got, want := watchedNames(t, h.e, w), []string{"ConfigMap/b"}; !slices.Equal(got, want) {
+		t.Errorf("watched: %v, want %v", got, want)
+	}
+	// Queries are served again too.
+	if _, st := c.request(t, newEvent(t, "q-after", TypeQuery, QueryData{Watcher: w, Queries: []cache.Ref{cmRef(ns, "a")}}), sink.Binary); !st.Accepted {
+		t.Errorf("query after the restart: %+v", st)
+	}
+}

@@ -10,8 +10,12 @@ import (
 )
 
 func TestCheckPolicy(t *testing.T) {
-	cm := func(ns string) cache.Ref { return cache.Ref{Version: "v1", Kind: "ConfigMap", Namespace: ns, Name: "x"} }
-	sel := func(kind, ns string) cache.Ref { return cache.Ref{Version: "v1", Kind: kind, Namespace: ns, Selector: "app=web"} }
+	cm := func(ns string) cache.Ref {
+		return cache.Ref{Version: "v1", Kind: "ConfigMap", Namespace: ns, Name: "x"}
+	}
+	sel := func(kind, ns string) cache.Ref {
+		return cache.Ref{Version: "v1", Kind: kind, Namespace: ns, Selector: "app=web"}
+	}
 	deploy := cache.Ref{Group: "apps", Version: "v1", Kind: "Deployment", Namespace: "team-a", Name: "web"}
 	widget := cache.Ref{Group: "example.com", Version: "v1", Kind: "Widget", Namespace: "team-a", Name: "w"}
 	rule := func(groups, kinds, nss []string) config.PolicyRule {
