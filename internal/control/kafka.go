@@ -331,7 +331,7 @@ func (t *Kafka) read(ctx context.Context, dialer *kafka.Dialer, pr partitionRang
 		}),
 	})
 	defer r.Close()
-	if err := r.SetOffset(pr.first); err != nil {
+	if err := r.SetOffset(kafka.FirstOffset); err != nil {
 		log.Error("cannot read the control topic", "err", err)
 		return
 	}
@@ -437,6 +437,9 @@ func (t *Kafka) process(ctx context.Context, m kafka.Message, replay bool) {
 	log := t.log.With("key", key, "partition", m.Partition, "offset", m.Offset, "replay", replay)
 	if req != nil {
 		log = log.With("type", req.Type, "event_id", req.ID)
+		if req.Watcher != (cache.Ref{}) {
+			log = log.With("watcher", req.Watcher.Key())
+		}
 	}
 	if err != nil {
 		log.Warn("control message rejected", "err", err)

@@ -16,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/depbridge/depbridge/internal/cache"
 	"github.com/depbridge/depbridge/internal/config"
 	"github.com/depbridge/depbridge/internal/sink"
 )
@@ -257,7 +258,13 @@ func (t *NATS) checkQuerySubject(ctx context.Context) error {
 // read consumes the stream in order and queues each message under its
 // subject. Messages with a sequence up to bootLast are the replay.
 func (t *NATS) read(ctx context.Context, cons jetstream.Consumer, ser *serializer, bootLast uint64) {
-	readerDone := sync.OnceFunc(t.replay.readerDone)
+	replayRead := false
+	readerDone := func() {
+		if !replayRead {
+			replayRead = true
+			t.replay.readerDone()
+		}
+	}
 	if bootLast == 0 {
 		readerDone()
 	}
@@ -286,8 +293,10 @@ func (t *NATS) read(ctx context.Context, cons jetstream.Consumer, ser *serialize
 			case errors.Is(err, context.DeadlineExceeded):
 				// Idle: the replay is over when nothing is left (messages
 				// that were there at start may have been removed since).
-				if ci, err := cons.Info(ctx); err == nil && ci.NumPending == 0 {
-					readerDone()
+				if !replayRead {
+					if ci, err := cons.Info(ctx); err == nil && ci.NumPending == 0 {
+						readerDone()
+					}
 				}
 				continue
 			case errors.Is(err, jetstream.ErrMsgIteratorClosed):
@@ -559,7 +568,9 @@ func (t *NATS) serveQuery(ctx context.Context, m *nats.Msg) {
 	var dests []string
 	if req != nil {
 		typ = req.Type
-		dests = append(dests, StatusSubject(t.ctl.Subject, req.Watcher))
+		if req.Watcher != (cache.Ref{}) {
+			dests = append(dests, StatusSubject(t.ctl.Subject, req.Watcher))
+		}
 		if t.checkReplyTo(req.ReplyTo) == nil && req.ReplyTo != "" {
 			dests = append(dests, req.ReplyTo)
 		}

@@ -504,6 +504,23 @@ func TestNATSRejected(t *testing.T) {
 		if st.Accepted || !strings.Contains(st.Reason, "takes only "+TypeQuery) {
 			t.Errorf("apply on the query subject: %+v", st)
 		}
+		// A request that cannot be read is still answered, by its id.
+		m := nats.NewMsg(prefix + ".query")
+		for k, v := range map[string]string{"ce-specversion": "1.0", "ce-id": "q-bad", "ce-source": "test", "ce-type": TypeQuery} {
+			m.Header.Set(k, v)
+		}
+		m.Data = []byte(`{"watcher":`)
+		reply, err := c.nc.RequestMsg(m, wait)
+		if err != nil {
+			t.Fatal(err)
+		}
+		re := natsEvent(t, reply)
+		if st := statusOf(t, re); st.Accepted || st.RequestID != "q-bad" || st.Watcher != nil || !strings.Contains(st.Reason, "data:") {
+			t.Errorf("malformed query: %+v", st)
+		}
+		if re.Subject() != "" {
+			t.Errorf("a status without a watcher has subject %q", re.Subject())
+		}
 	})
 	if got, want := watchedNames(t, h.e, w), []string{"ConfigMap/a"}; !slices.Equal(got, want) {
 		t.Errorf("watched at the end: %v, want %v", got, want)
