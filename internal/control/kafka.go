@@ -114,6 +114,7 @@ func NewKafka(ctl config.Control, kcfg config.Kafka, subs Subscriptions, opts Op
 // Synced is closed once the last record of every key that was in the
 // topic at start has been handled: the run-time subscriptions are
 // restored. Report ready only then.
+// It is never closed when Start fails or stops before.
 func (t *Kafka) Synced() <-chan struct{} { return t.replay.synced }
 
 // Start checks (or creates, unless Options.NoCreate) the control and

@@ -119,6 +119,7 @@ func NewNATS(ctl config.Control, conn config.NATSConn, subs Subscriptions, opts 
 // Synced is closed once every message that was in the stream at start has
 // been handled: the run-time subscriptions are restored. Report ready only
 // then.
+// It is never closed when Start fails or stops before.
 func (t *NATS) Synced() <-chan struct{} { return t.replay.synced }
 
 // Start connects, creates or updates the stream (unless Options.NoCreate),
