@@ -93,30 +93,26 @@ func (o Options) source() string {
 // processor carries out decoded requests through Subscriptions, whatever
 // the transport.
 type processor struct {
-	subs     Subscriptions
-	policy   config.Policy
-	route    string
-	timeout  time.Duration
-	source   string
-	decoder  Decoder
-	metrics  *Metrics
-	log      *slog.Logger
-	nowFunc  func() time.Time
-	maxBytes int
+	subs    Subscriptions
+	policy  config.Policy
+	route   string
+	timeout time.Duration
+	source  string
+	decoder Decoder
+	metrics *Metrics
+	nowFunc func() time.Time
 }
 
 func newProcessor(ctl config.Control, subs Subscriptions, o Options) *processor {
 	return &processor{
-		subs:     subs,
-		policy:   ctl.Policy,
-		route:    ctl.Route,
-		timeout:  o.MessageTimeout,
-		source:   o.source(),
-		decoder:  Decoder{MaxBytes: ctl.MaxMessageBytes},
-		metrics:  o.Metrics,
-		log:      o.Logger,
-		nowFunc:  time.Now,
-		maxBytes: ctl.MaxMessageBytes,
+		subs:    subs,
+		policy:  ctl.Policy,
+		route:   ctl.Route,
+		timeout: o.MessageTimeout,
+		source:  o.source(),
+		decoder: Decoder{MaxBytes: ctl.MaxMessageBytes},
+		metrics: o.Metrics,
+		nowFunc: time.Now,
 	}
 }
 
