@@ -49,11 +49,7 @@ func (c *Config) Default() {
 		}
 	}
 	if c.Control != nil {
-		setString(&c.Control.Subject, "depbridge.control")
-		setString(&c.Control.Route, DefaultRoute)
-		if c.Control.MaxMessageBytes == 0 {
-			c.Control.MaxMessageBytes = 65536
-		}
+		c.Control.Default()
 	}
 	if c.Checkpoint != nil {
 		setDuration(&c.Checkpoint.Interval, 500*time.Millisecond)
@@ -66,6 +62,16 @@ func (c *Config) Default() {
 	}
 	if c.Engine.Workers == 0 {
 		c.Engine.Workers = 4
+	}
+}
+
+// Default applies the control channel's defaults; the control package
+// calls it too, so that a Control built in code behaves the same.
+func (c *Control) Default() {
+	setString(&c.Subject, "depbridge.control")
+	setString(&c.Route, DefaultRoute)
+	if c.MaxMessageBytes == 0 {
+		c.MaxMessageBytes = 65536
 	}
 }
 
