@@ -23,6 +23,7 @@ import (
 
 	"github.com/depbridge/depbridge/internal/cache"
 	"github.com/depbridge/depbridge/internal/config"
+	"github.com/depbridge/depbridge/internal/control"
 	"github.com/depbridge/depbridge/internal/metrics"
 	"github.com/depbridge/depbridge/internal/publish"
 	"github.com/depbridge/depbridge/internal/sink"
@@ -72,6 +73,7 @@ type Bridge struct {
 	subs    *subscriptions
 	sinkErr map[string]error // sinks whose start-up check has not passed
 	leading bool
+	control control.Transport // nil when there is no control channel
 	addr    net.Addr
 	started chan struct{}
 }
@@ -237,8 +239,24 @@ func (b *Bridge) run(ctx context.Context) error {
 	}
 	g.Go(func() error { b.checkSinks(gctx, routes); return nil })
 	subs.setFile(gctx, cfg.Subscriptions)
+	ctl, err := b.startControl(gctx, g, &cfg, subs)
+	if err != nil {
+		g.Go(func() error { return err }) // stops the engine
+		return g.Wait()
+	}
 	if cp == nil {
-		subs.resyncAll()
+		// Once the control channel's subscriptions are back too.
+		g.Go(func() error {
+			if ctl != nil {
+				select {
+				case <-ctl.Synced():
+				case <-gctx.Done():
+					return nil
+				}
+			}
+			subs.resyncAll()
+			return nil
+		})
 	}
 	g.Go(func() error { subs.retryFailed(gctx); return nil })
 	if b.opts.ConfigPath != "" {
@@ -336,7 +354,7 @@ func (b *Bridge) reload(ctx context.Context, old, next *config.Config) {
 // readiness lists what keeps the bridge from being ready; none means ready.
 func (b *Bridge) readiness() []string {
 	b.mu.Lock()
-	engine, subs, sinkErr, standby := b.engine, b.subs, b.sinkErr, b.opts.LeaderElection != nil && !b.leading
+	engine, subs, sinkErr, ctl, standby := b.engine, b.subs, b.sinkErr, b.control, b.opts.LeaderElection != nil && !b.leading
 	b.mu.Unlock()
 	if standby {
 		return []string{"standby: another replica holds the lease"}
@@ -353,5 +371,38 @@ func (b *Bridge) readiness() []string {
 			problems = append(problems, "subscription "+f)
 		}
 	}
+	if ctl != nil {
+		select {
+		case <-ctl.Synced():
+		default:
+			problems = append(problems, "control channel: restoring run-time subscriptions")
+		}
+	}
 	return problems
+}
+
+// startControl starts the control channel, if configured, in g.
+func (b *Bridge) startControl(ctx context.Context, g *errgroup.Group, cfg *config.Config, subs *subscriptions) (control.Transport, error) {
+	if cfg.Control == nil {
+		return nil, nil
+	}
+	var sinkCfg config.Sink
+	for _, s := range cfg.Sinks {
+		if s.Name == cfg.Control.Sink {
+			sinkCfg = s
+		}
+	}
+	m, err := control.NewMetrics(b.opts.Registry)
+	if err != nil {
+		return nil, fmt.Errorf("register control metrics: %w", err)
+	}
+	ch, err := control.New(*cfg.Control, sinkCfg, subs, control.Options{Logger: b.log, Metrics: m, Cluster: cfg.Cluster, Instance: b.opts.Instance})
+	if err != nil {
+		return nil, fmt.Errorf("control channel: %w", err)
+	}
+	b.mu.Lock()
+	b.control = ch
+	b.mu.Unlock()
+	g.Go(func() error { return ch.Start(ctx) })
+	return ch, nil
 }

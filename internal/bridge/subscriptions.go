@@ -14,17 +14,28 @@ import (
 
 	"github.com/depbridge/depbridge/internal/cache"
 	"github.com/depbridge/depbridge/internal/config"
+	"github.com/depbridge/depbridge/internal/control"
 	"github.com/depbridge/depbridge/internal/sink"
 	"github.com/depbridge/depbridge/internal/watch"
 )
 
+// The control channel's errors: a malformed run-time subscription or
+// query, and a watcher the configuration file defines (the file wins).
 var (
-	// ErrInvalid: a run-time subscription or query is malformed.
-	ErrInvalid = errors.New("invalid subscription")
-	// ErrOwned: the watcher is defined in the configuration file, which
-	// wins over the control channel.
-	ErrOwned = errors.New("watcher is defined in the configuration file")
+	ErrInvalid = control.ErrInvalid
+	ErrOwned   = control.ErrOwned
 )
+
+var _ control.Subscriptions = (*subscriptions)(nil)
+
+// invalid wraps the engine's input errors as ErrInvalid, for the control
+// channel's status events and metrics.
+func invalid(err error) error {
+	if errors.Is(err, watch.ErrInvalidInput) && !errors.Is(err, ErrInvalid) {
+		return fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
+	return err
+}
 
 type origin int
 
@@ -245,7 +256,7 @@ func (s *subscriptions) Apply(ctx context.Context, sub config.Subscription) erro
 	if err := s.notOwned(sub.Watcher); err != nil {
 		return err
 	}
-	return s.register(ctx, sub, fromControl)
+	return invalid(s.register(ctx, sub, fromControl))
 }
 
 // Delete removes a run-time subscription; an unknown watcher is fine.
@@ -282,7 +293,7 @@ func (s *subscriptions) Query(ctx context.Context, w cache.Ref, route string, in
 	defer cancel()
 	res, err := s.e.Query(ctx, sub.Watcher, watchOptions(sub, r), sub.Watched)
 	if err != nil {
-		return nil, err
+		return nil, invalid(err)
 	}
 	s.mu.Lock()
 	s.subs[sub.Watcher] = entry{sub: sub, route: r, origin: fromControl}
