@@ -215,7 +215,9 @@ control:
 	}
 	applied := cache.Ref{Version: "v1", Kind: "ConfigMap", Namespace: "fn", Name: "applied"}
 	queried := cache.Ref{Version: "v1", Kind: "ConfigMap", Namespace: "fn", Name: "queried"}
-	cm := func(name string) cache.Ref { return cache.Ref{Version: "v1", Kind: "ConfigMap", Namespace: ns, Name: name} }
+	cm := func(name string) cache.Ref {
+		return cache.Ref{Version: "v1", Kind: "ConfigMap", Namespace: ns, Name: name}
+	}
 	no := false
 
 	publish(applied, controlEvent(t, "apply-1", control.TypeApply, control.ApplyData{Watcher: applied, Watched: []cache.Ref{cm("a")}, InitialReconcile: &no}))
