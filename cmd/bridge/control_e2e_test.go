@@ -16,6 +16,8 @@ import (
 	ce "github.com/cloudevents/sdk-go/v2/event"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/segmentio/kafka-go"
+	"github.com/twmb/franz-go/pkg/kfake"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
@@ -311,4 +313,185 @@ control:
 		t.Error("/metrics has no control channel metrics")
 	}
 	_ = os.Remove(cfg)
+}
+
+// The control channel on Kafka, through the binary: apply and query
+// records on the compacted topic, statuses on the status topic, a refused
+// record, a tombstone delete, and a restart that restores the run-time
+// subscriptions from the topic.
+func TestControlChannelKafka(t *testing.T) {
+	broker, err := testenv.StartKafka(kfake.SeedTopics(1, "events"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer broker.Close()
+	ctx := context.Background()
+	cs := kubernetes.NewForConfigOrDie(env.Config)
+	ns := fmt.Sprintf("kctl-%d", time.Now().UnixNano()%1e9)
+	if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []string{"a", "b"} {
+		if _, err := cs.CoreV1().ConfigMaps(ns).Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: n, Labels: map[string]string{"app": "q"}}, Data: map[string]string{"k": n}}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfg := writeFile(t, "bridge.yaml", fmt.Sprintf(`
+sinks: [{name: k, kafka: {brokers: [%q]}}]
+routes: [{name: default, sink: k, subject: events}]
+control:
+  sink: k
+  subject: ctl
+  policy:
+    allow: [{kinds: [ConfigMap], namespaces: [%s]}]
+`, broker.Addr(), ns))
+	p := startProcess(t, cfg)
+
+	w := &kafka.Writer{Addr: kafka.TCP(broker.Addr()), RequiredAcks: kafka.RequireAll, BatchTimeout: time.Millisecond, Balancer: &kafka.Hash{}}
+	defer w.Close()
+	send := func(watcher cache.Ref, e *ce.Event) {
+		t.Helper()
+		var m kafka.Message
+		if e != nil {
+			var err error
+			if m, err = sink.EncodeKafka(ctx, "ctl", sink.Structured, e); err != nil {
+				t.Fatal(err)
+			}
+			m.Topic = ""
+		}
+		m.Key = []byte(watcher.Key())
+		if err := w.WriteMessages(ctx, kafka.Message{Topic: "ctl", Key: m.Key, Value: m.Value, Headers: m.Headers}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// read returns every record of a topic (one partition).
+	read := func(topic string) []kafka.Message {
+		t.Helper()
+		rctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+		defer cancel()
+		conn, err := kafka.DialLeader(rctx, "tcp", broker.Addr(), topic, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		last, err := conn.ReadLastOffset()
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := kafka.NewReader(kafka.ReaderConfig{Brokers: []string{broker.Addr()}, Topic: topic, Partition: 0, MinBytes: 1, MaxBytes: 10 << 20,
+			MaxWait: 100 * time.Millisecond}) // kfake holds a fetch until MaxWait (10s by default)
+		defer r.Close()
+		var out []kafka.Message
+		for int64(len(out)) < last {
+			m, err := r.ReadMessage(rctx)
+			if err != nil {
+				t.Fatalf("read %s: %v", topic, err)
+			}
+			out = append(out, m)
+		}
+		return out
+	}
+	status := func(id string) control.StatusData {
+		t.Helper()
+		deadline := time.Now().Add(30 * time.Second)
+		for time.Now().Before(deadline) {
+			for _, m := range read(control.StatusTopic("ctl")) {
+				e, err := sink.DecodeKafka(ctx, m)
+				if err != nil {
+					t.Fatal(err)
+				}
+				var d control.StatusData
+				if err := json.Unmarshal(e.Data(), &d); err != nil {
+					t.Fatal(err)
+				}
+				if d.RequestID == id {
+					return d
+				}
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		t.Fatalf("no status for %s", id)
+		return control.StatusData{}
+	}
+	seen := func() map[string]int {
+		out := map[string]int{}
+		for _, m := range read("events") {
+			e, err := sink.DecodeKafka(ctx, m)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var d event.Data
+			if err := json.Unmarshal(e.Data(), &d); err != nil {
+				t.Fatal(err)
+			}
+			out[d.Watcher.Name]++
+		}
+		return out
+	}
+	waitSeen := func(what string, ok func(map[string]int) bool) {
+		t.Helper()
+		deadline := time.Now().Add(30 * time.Second)
+		for !ok(seen()) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: events per watcher %v", what, seen())
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	}
+	update := func(name string) {
+		t.Helper()
+		c, _ := cs.CoreV1().ConfigMaps(ns).Get(ctx, name, metav1.GetOptions{})
+		c.Data["n"] = fmt.Sprint(time.Now().UnixNano())
+		if _, err := cs.CoreV1().ConfigMaps(ns).Update(ctx, c, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	applied := cache.Ref{Version: "v1", Kind: "ConfigMap", Namespace: "fn", Name: "applied"}
+	queried := cache.Ref{Version: "v1", Kind: "ConfigMap", Namespace: "fn", Name: "queried"}
+	denied := cache.Ref{Version: "v1", Kind: "ConfigMap", Namespace: "fn", Name: "denied"}
+	no := false
+
+	e := controlEvent(t, "k-apply", control.TypeApply, control.ApplyData{Watcher: applied, InitialReconcile: &no,
+		Watched: []cache.Ref{{Version: "v1", Kind: "ConfigMap", Namespace: ns, Name: "a"}}})
+	send(applied, &e)
+	if st := status("k-apply"); !st.Accepted {
+		t.Fatalf("apply refused: %s", st.Reason)
+	}
+	e = controlEvent(t, "k-query", control.TypeQuery, control.QueryData{Watcher: queried, InitialReconcile: &no,
+		Queries: []cache.Ref{{Version: "v1", Kind: "ConfigMap", Namespace: ns, Selector: "app=q"}}})
+	send(queried, &e)
+	if st := status("k-query"); !st.Accepted || len(st.Results) != 1 || len(st.Results[0].Objects) != 2 {
+		t.Fatalf("query status = %+v", st)
+	}
+	e = controlEvent(t, "k-denied", control.TypeApply, control.ApplyData{Watcher: denied,
+		Watched: []cache.Ref{{Version: "apps", Kind: "Deployment", Namespace: ns, Name: "x"}}})
+	send(denied, &e)
+	if st := status("k-denied"); st.Accepted || st.Reason == "" {
+		t.Fatalf("a kind outside the policy: %+v", st)
+	}
+	update("a")
+	waitSeen("a's update reaches both run-time watchers", func(m map[string]int) bool { return m["applied"] == 1 && m["queried"] == 1 })
+
+	p.stop(t)
+	startProcess(t, cfg)
+	waitSeen("a resync for each restored watcher", func(m map[string]int) bool { return m["applied"] == 2 && m["queried"] == 2 })
+	update("b")
+	waitSeen("b's update after the restart", func(m map[string]int) bool { return m["queried"] == 3 })
+
+	send(applied, nil) // a tombstone deletes
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		update("a")
+		time.Sleep(500 * time.Millisecond)
+		m := seen()
+		if m["queried"] >= 4 && m["applied"] == 2 {
+			break // the delete took effect before this update
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the tombstone did not delete the subscription: %v", m)
+		}
+	}
+	if _, ok := seen()["denied"]; ok {
+		t.Error("a refused subscription sent events")
+	}
 }

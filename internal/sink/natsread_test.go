@@ -7,6 +7,7 @@ import (
 
 	ce "github.com/cloudevents/sdk-go/v2/event"
 	"github.com/nats-io/nats.go"
+	"github.com/segmentio/kafka-go"
 )
 
 // DecodeNATS inverts encodeNATS in both modes, values that need
@@ -54,5 +55,35 @@ func TestDecodeNATSRejects(t *testing.T) {
 	legacy := &nats.Msg{Subject: "s", Header: nats.Header{"ce-specversion": {`"1.0"`}, "ce-id": {`"a b"`}, "ce-source": {"s"}, "ce-type": {"t"}}}
 	if e, err := DecodeNATS(context.Background(), legacy); err != nil || e.ID() != "a b" {
 		t.Errorf("legacy quoted values: %v, %v", e, err)
+	}
+}
+
+// DecodeKafka inverts the Kafka binding writer in both modes.
+func TestDecodeKafkaRoundTrip(t *testing.T) {
+	e := ce.New()
+	e.SetID("id-2")
+	e.SetSource("depbridge://c/i")
+	e.SetType("io.depbridge.reconcile.v1")
+	e.SetSubject("v1/ConfigMap/ns/n ?a=b")
+	e.SetExtension("partitionkey", "v1/ConfigMap/ns/n")
+	if err := e.SetData("application/json", map[string]any{"k": "v"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, mode := range []Mode{Binary, Structured} {
+		m, err := EncodeKafka(context.Background(), "t", mode, &e)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := DecodeKafka(context.Background(), m)
+		if err != nil {
+			t.Fatalf("%s: %v", mode, err)
+		}
+		if got.ID() != e.ID() || got.Subject() != e.Subject() || got.Extensions()["partitionkey"] != "v1/ConfigMap/ns/n" ||
+			string(got.Data()) != string(e.Data()) || got.DataContentType() != "application/json" {
+			t.Fatalf("%s: decoded %v, want %v", mode, got, e)
+		}
+	}
+	if _, err := DecodeKafka(context.Background(), kafka.Message{Value: []byte("{}")}); err == nil {
+		t.Error("a record with no CloudEvent decoded")
 	}
 }
