@@ -24,6 +24,7 @@ import (
 	"github.com/depbridge/depbridge/internal/event"
 	"github.com/depbridge/depbridge/internal/sink"
 	"github.com/depbridge/depbridge/internal/testenv"
+	"github.com/depbridge/depbridge/internal/watch"
 )
 
 var env *testenv.Env
@@ -482,11 +483,9 @@ func TestRestartWithAndWithoutCheckpoint(t *testing.T) {
 		return fmt.Sprintf("sinks: [{name: js, jetstream: {url: %q}}]\nroutes: [{name: default, sink: js, subject: \"rs.{{.Name}}\"}]\n%ssubscriptions:\n%s",
 			broker.URL(), checkpoint, subs.String())
 	}
-	withCP := cfg(fmt.Sprintf("checkpoint: {file: {path: %q}, interval: 50ms}\n", cpPath))
-
-	first := start(t, withCP)
+	first := start(t, cfg(fmt.Sprintf("checkpoint: {file: {path: %q}, interval: 50ms}\n", cpPath)))
 	eventually(t, "initial requests of the 10 watchers whose objects exist", func() bool { return msgs() == 10 })
-	eventually(t, "all 20 watchers recorded", func() bool {
+	eventually(t, "all 20 watchers recorded, reconciled or not", func() bool {
 		b, _ := os.ReadFile(cpPath)
 		return strings.Count(string(b), `"v1/ConfigMap/fn/w`) == watchers
 	})
@@ -494,31 +493,81 @@ func TestRestartWithAndWithoutCheckpoint(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	second := start(t, withCP)
-	eventually(t, "ready", func() bool { code, _ := second.get(t, "/readyz"); return code == http.StatusOK })
-	// One change, after the restart: it arrives, and nothing else does.
-	cm, _ := cs.CoreV1().ConfigMaps(ns).Get(ctx, "cm3", metav1.GetOptions{})
-	cm.Data = map[string]string{"k": "v"}
-	if _, err := cs.CoreV1().ConfigMaps(ns).Update(ctx, cm, metav1.UpdateOptions{}); err != nil {
+	// A restart with the record and one change after it: that change
+	// arrives, and nothing else does.
+	want := msgs()
+	restart := func(checkpoint string, change string) {
+		t.Helper()
+		r := start(t, cfg(checkpoint))
+		eventually(t, "ready", func() bool { code, _ := r.get(t, "/readyz"); return code == http.StatusOK })
+		cm, _ := cs.CoreV1().ConfigMaps(ns).Get(ctx, change, metav1.GetOptions{})
+		cm.Data = map[string]string{"k": fmt.Sprint(time.Now().UnixNano())}
+		if _, err := cs.CoreV1().ConfigMaps(ns).Update(ctx, cm, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		want++
+		eventually(t, "the change after the restart", func() bool { return msgs() >= want })
+		time.Sleep(time.Second)
+		if n := msgs(); n != want {
+			t.Fatalf("%d events after a restart with a checkpoint and one change, want %d", n, want)
+		}
+		if err := r.shutdown(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	restart(fmt.Sprintf("checkpoint: {file: {path: %q}, interval: 50ms}\n", cpPath), "cm3")
+	// The same with the record in a JetStream key-value bucket: first a run
+	// that records, then the restart.
+	kv := "checkpoint: {jetstream: {sink: js, bucket: rs_test}, interval: 50ms}\n"
+	// An empty bucket: the initial requests again (JetStream drops those
+	// identical to the first run's: same watcher and causes, same id), and
+	// every watcher recorded.
+	recording := start(t, cfg(kv))
+	eventually(t, "all 20 watchers recorded in the bucket", func() bool {
+		b, err := js.KeyValue(ctx, "rs_test")
+		if err != nil {
+			return false
+		}
+		st, err := b.Status(ctx)
+		return err == nil && st.Values() == watchers
+	})
+	if err := recording.shutdown(); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "the change after the restart", func() bool { return msgs() >= 11 })
-	time.Sleep(time.Second)
-	if n := msgs(); n != 11 {
-		t.Fatalf("%d events after a restart with a checkpoint and one change, want 11 (10 initial + 1)", n)
-	}
-	if err := second.shutdown(); err != nil {
-		t.Fatal(err)
-	}
+	want = msgs()
+	restart(kv, "cm5")
 
+	// Without a checkpoint store: one resync for every watcher.
+	base := msgs()
 	third := start(t, cfg(""))
 	defer third.shutdown()
-	eventually(t, "one resync per watcher", func() bool { return msgs() == 11+watchers })
-	m, err := stream.GetMsg(ctx, 12)
-	if err != nil {
-		t.Fatal(err)
+	resyncs := func() map[string]int {
+		out := map[string]int{}
+		for seq := base + 1; seq <= msgs(); seq++ {
+			m, err := stream.GetMsg(ctx, seq)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var d event.Data
+			e, err := sink.DecodeNATS(ctx, &nats.Msg{Subject: m.Subject, Header: m.Header, Data: m.Data})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := json.Unmarshal(e.Data(), &d); err != nil {
+				t.Fatal(err)
+			}
+			for _, c := range d.Causes {
+				if c.Op == watch.OpResync {
+					out[d.Watcher.Name]++
+				}
+			}
+		}
+		return out
 	}
-	if !strings.Contains(string(m.Data), `"op":"resync"`) {
-		t.Errorf("restart without checkpoint sent %s, want a resync", m.Data)
+	eventually(t, "one resync per watcher", func() bool { return len(resyncs()) == watchers })
+	for w, n := range resyncs() {
+		if n != 1 {
+			t.Errorf("%s got %d resyncs", w, n)
+		}
 	}
 }

@@ -7,6 +7,7 @@ import (
 
 	"github.com/depbridge/depbridge/internal/checkpoint"
 	"github.com/depbridge/depbridge/internal/config"
+	"github.com/depbridge/depbridge/internal/sink"
 )
 
 // openCheckpoint builds and loads the configured checkpoint store (nil when
@@ -17,12 +18,39 @@ func (b *Bridge) openCheckpoint(ctx context.Context, cfg *config.Config) (*check
 	if cc == nil {
 		return nil, nil
 	}
+	sinkCfg := func(name string) config.Sink {
+		for _, s := range cfg.Sinks {
+			if s.Name == name {
+				return s
+			}
+		}
+		return config.Sink{}
+	}
 	var backend checkpoint.Backend
 	switch {
 	case cc.File != nil:
 		backend = &checkpoint.File{Path: cc.File.Path}
+	case cc.JetStream != nil:
+		sc := sinkCfg(cc.JetStream.Sink)
+		if sc.JetStream == nil {
+			return nil, fmt.Errorf("checkpoint: sink %q is not a jetstream sink", cc.JetStream.Sink)
+		}
+		nc, err := sink.DialNATS("checkpoint", sc.JetStream.NATSConn, b.log)
+		if err != nil {
+			return nil, fmt.Errorf("checkpoint: %w", err)
+		}
+		backend = checkpoint.NewKV(nc, cc.JetStream.Bucket)
+	case cc.Kafka != nil:
+		sc := sinkCfg(cc.Kafka.Sink)
+		if sc.Kafka == nil {
+			return nil, fmt.Errorf("checkpoint: sink %q is not a kafka sink", cc.Kafka.Sink)
+		}
+		var err error
+		if backend, err = checkpoint.NewKafka(*sc.Kafka, cc.Kafka.Topic, b.log); err != nil {
+			return nil, fmt.Errorf("checkpoint: %w", err)
+		}
 	default:
-		return nil, fmt.Errorf("checkpoint: only file stores are wired so far")
+		return nil, fmt.Errorf("checkpoint: no store set")
 	}
 	store := checkpoint.New(backend, checkpoint.Options{Interval: cc.Interval.Duration, Logger: b.log})
 	for delay := time.Second; ; delay = min(2*delay, 30*time.Second) {

@@ -111,13 +111,32 @@ func (s *subscriptions) register(ctx context.Context, sub config.Subscription, o
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
+	// The route is set first: the engine may hand the watcher's first
+	// request to a worker before Subscribe returns.
+	restore := s.setEntry(sub.Watcher, entry{sub: sub, route: r, origin: o})
 	if err := s.e.Subscribe(ctx, watch.Subscription{Watcher: sub.Watcher, Watched: sub.Watched, Options: watchOptions(sub, r)}); err != nil {
+		restore()
 		return err
 	}
-	s.mu.Lock()
-	s.subs[sub.Watcher] = entry{sub: sub, route: r, origin: o}
-	s.mu.Unlock()
 	return nil
+}
+
+// setEntry sets a watcher's entry and returns a function that puts back
+// what was there.
+func (s *subscriptions) setEntry(w cache.Ref, e entry) (restore func()) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	prev, had := s.subs[w]
+	s.subs[w] = e
+	return func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if had {
+			s.subs[w] = prev
+		} else {
+			delete(s.subs, w)
+		}
+	}
 }
 
 func (s *subscriptions) remove(w cache.Ref) error {
@@ -291,13 +310,12 @@ func (s *subscriptions) Query(ctx context.Context, w cache.Ref, route string, in
 	r := s.routes[sub.Route]
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
+	restore := s.setEntry(sub.Watcher, entry{sub: sub, route: r, origin: fromControl})
 	res, err := s.e.Query(ctx, sub.Watcher, watchOptions(sub, r), sub.Watched)
 	if err != nil {
+		restore()
 		return nil, invalid(err)
 	}
-	s.mu.Lock()
-	s.subs[sub.Watcher] = entry{sub: sub, route: r, origin: fromControl}
-	s.mu.Unlock()
 	return res, nil
 }
 

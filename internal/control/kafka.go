@@ -15,6 +15,7 @@ import (
 
 	"github.com/depbridge/depbridge/internal/cache"
 	"github.com/depbridge/depbridge/internal/config"
+	"github.com/depbridge/depbridge/internal/kafkatopic"
 	"github.com/depbridge/depbridge/internal/sink"
 )
 
@@ -141,9 +142,9 @@ func (t *Kafka) Start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	offsets, err := t.offsets(ctx, client, parts)
+	offsets, err := kafkatopic.Ranges(ctx, client, t.topic, parts)
 	if err != nil {
-		return err
+		return fmt.Errorf("control: kafka: %w", err)
 	}
 	t.writer = &kafka.Writer{
 		Addr:                   addr,
@@ -163,7 +164,7 @@ func (t *Kafka) Start(ctx context.Context) error {
 	defer t.writer.Close()
 	var replayed int64
 	for _, o := range offsets {
-		replayed += o.last - o.first
+		replayed += o.Last - o.First
 	}
 	t.log.Info("control channel started", "partitions", len(parts), "replay", replayed, "status", t.statusTopic)
 
@@ -190,137 +191,29 @@ func (t *Kafka) Start(ctx context.Context) error {
 // that the status topic exists, creating what is missing unless
 // NoCreate. It returns the control topic's partitions.
 func (t *Kafka) ensureTopics(ctx context.Context, client *kafka.Client) ([]int, error) {
-	meta, err := client.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{t.topic, t.statusTopic}})
+	err := kafkatopic.Ensure(ctx, client, []kafkatopic.Spec{
+		{Topic: t.topic, Compacted: true, ReplicationFactor: t.opts.ReplicationFactor},
+		{Topic: t.statusTopic, ReplicationFactor: t.opts.ReplicationFactor},
+	}, t.opts.NoCreate, t.log)
 	if err != nil {
-		return nil, fmt.Errorf("control: kafka: reach brokers: %w", err)
+		return nil, fmt.Errorf("control: kafka: %w", err)
 	}
-	exists := map[string]bool{}
-	for _, tp := range meta.Topics {
-		switch {
-		case tp.Error == nil:
-			exists[tp.Name] = true
-		case !errors.Is(tp.Error, kafka.UnknownTopicOrPartition):
-			return nil, fmt.Errorf("control: kafka: topic %q: %w", tp.Name, tp.Error)
-		}
-	}
-	var create []kafka.TopicConfig
-	for _, tc := range []kafka.TopicConfig{
-		{Topic: t.topic, NumPartitions: 1, ReplicationFactor: t.opts.ReplicationFactor,
-			ConfigEntries: []kafka.ConfigEntry{{ConfigName: "cleanup.policy", ConfigValue: "compact"}}},
-		{Topic: t.statusTopic, NumPartitions: 1, ReplicationFactor: t.opts.ReplicationFactor},
-	} {
-		if exists[tc.Topic] {
-			continue
-		}
-		if t.opts.NoCreate {
-			return nil, fmt.Errorf("control: kafka: topic %q does not exist; create it%s", tc.Topic, compactHint(tc))
-		}
-		create = append(create, tc)
-	}
-	if len(create) > 0 {
-		resp, err := client.CreateTopics(ctx, &kafka.CreateTopicsRequest{Topics: create})
-		if err != nil {
-			return nil, fmt.Errorf("control: kafka: create topics: %w", err)
-		}
-		for _, tc := range create {
-			if err := resp.Errors[tc.Topic]; err != nil && !errors.Is(err, kafka.TopicAlreadyExists) {
-				return nil, fmt.Errorf("control: kafka: create topic %q (or create it yourself%s): %w", tc.Topic, compactHint(tc), err)
-			}
-			t.log.Info("created topic", "name", tc.Topic)
-		}
-	}
-	if exists[t.topic] {
-		if err := t.checkCompacted(ctx, client); err != nil {
-			return nil, err
-		}
-	}
-	// The partitions, once the topic is known to every broker asked.
-	for {
-		meta, err := client.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{t.topic}})
-		if err == nil && len(meta.Topics) == 1 && meta.Topics[0].Error == nil && len(meta.Topics[0].Partitions) > 0 {
-			parts := make([]int, len(meta.Topics[0].Partitions))
-			for i, p := range meta.Topics[0].Partitions {
-				parts[i] = p.ID
-			}
-			return parts, nil
-		}
-		if ctx.Err() != nil {
-			return nil, fmt.Errorf("control: kafka: partitions of topic %q: %w", t.topic, ctx.Err())
-		}
-		sleep(ctx, 100*time.Millisecond)
-	}
-}
-
-func compactHint(tc kafka.TopicConfig) string {
-	if len(tc.ConfigEntries) > 0 {
-		return " with cleanup.policy=compact"
-	}
-	return ""
-}
-
-// checkCompacted fails unless the control topic's cleanup.policy includes
-// compact: with delete alone, subscriptions would expire with retention.
-func (t *Kafka) checkCompacted(ctx context.Context, client *kafka.Client) error {
-	resp, err := client.DescribeConfigs(ctx, &kafka.DescribeConfigsRequest{Resources: []kafka.DescribeConfigRequestResource{{
-		ResourceType: kafka.ResourceTypeTopic, ResourceName: t.topic, ConfigNames: []string{"cleanup.policy"},
-	}}})
+	parts, err := kafkatopic.Partitions(ctx, client, t.topic)
 	if err != nil {
-		return fmt.Errorf("control: kafka: describe topic %q: %w", t.topic, err)
+		return nil, fmt.Errorf("control: kafka: %w", err)
 	}
-	for _, r := range resp.Resources {
-		if r.Error != nil {
-			return fmt.Errorf("control: kafka: describe topic %q: %w", t.topic, r.Error)
-		}
-		for _, c := range r.ConfigEntries {
-			if c.ConfigName == "cleanup.policy" {
-				if !strings.Contains(c.ConfigValue, "compact") {
-					return fmt.Errorf("control: kafka: topic %q has cleanup.policy=%s; the control topic must be compacted "+
-						"(cleanup.policy=compact), or subscriptions expire with its retention", t.topic, c.ConfigValue)
-				}
-				return nil
-			}
-		}
-	}
-	return fmt.Errorf("control: kafka: topic %q: cleanup.policy not reported", t.topic)
-}
-
-// partitionRange is what one partition held at start.
-type partitionRange struct {
-	partition   int
-	first, last int64 // last is the high watermark
-}
-
-func (t *Kafka) offsets(ctx context.Context, client *kafka.Client, parts []int) ([]partitionRange, error) {
-	var reqs []kafka.OffsetRequest
-	for _, p := range parts {
-		reqs = append(reqs, kafka.FirstOffsetOf(p), kafka.LastOffsetOf(p))
-	}
-	resp, err := client.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{t.topic: reqs}})
-	if err != nil {
-		return nil, fmt.Errorf("control: kafka: offsets of topic %q: %w", t.topic, err)
-	}
-	var out []partitionRange
-	for _, po := range resp.Topics[t.topic] {
-		if po.Error != nil {
-			return nil, fmt.Errorf("control: kafka: offsets of topic %q partition %d: %w", t.topic, po.Partition, po.Error)
-		}
-		out = append(out, partitionRange{partition: po.Partition, first: po.FirstOffset, last: po.LastOffset})
-	}
-	if len(out) != len(parts) {
-		return nil, fmt.Errorf("control: kafka: offsets of topic %q: %d partitions answered, want %d", t.topic, len(out), len(parts))
-	}
-	return out, nil
+	return parts, nil
 }
 
 // read consumes one partition: first up to its high watermark at start,
 // keeping the last record of each key and handling those as the replay,
 // then every record as it comes.
-func (t *Kafka) read(ctx context.Context, dialer *kafka.Dialer, pr partitionRange, ser *serializer) {
-	log := t.log.With("partition", pr.partition)
+func (t *Kafka) read(ctx context.Context, dialer *kafka.Dialer, pr kafkatopic.Range, ser *serializer) {
+	log := t.log.With("partition", pr.Partition)
 	r := kafka.NewReader(kafka.ReaderConfig{
 		Brokers:        t.kcfg.Brokers,
 		Topic:          t.topic,
-		Partition:      pr.partition,
+		Partition:      pr.Partition,
 		Dialer:         dialer,
 		MinBytes:       1,
 		MaxBytes:       kafkaFetchMaxBytes, // kafka-go panics when MinBytes is set without it
@@ -352,7 +245,7 @@ func (t *Kafka) read(ctx context.Context, dialer *kafka.Dialer, pr partitionRang
 			sleep(ctx, time.Second)
 		}
 	}
-	if pr.last > pr.first {
+	if pr.Last > pr.First {
 		var order []string
 		latest := map[string]kafka.Message{}
 		for {
@@ -365,7 +258,7 @@ func (t *Kafka) read(ctx context.Context, dialer *kafka.Dialer, pr partitionRang
 				order = append(order, k)
 			}
 			latest[k] = m
-			if m.Offset+1 >= pr.last {
+			if m.Offset+1 >= pr.Last {
 				break
 			}
 		}
