@@ -360,6 +360,11 @@ func (b *Bridge) readiness() []string {
 		return []string{"standby: another replica holds the lease"}
 	}
 	var problems []string
+	select {
+	case <-b.started:
+	default:
+		return []string{"starting: registering subscriptions"}
+	}
 	if engine == nil || !engine.Synced() {
 		problems = append(problems, "watches are still syncing")
 	}

@@ -424,16 +424,29 @@ subscriptions:
 	if v := leader.metric(t, "depbridge_leader"); v != 1 {
 		t.Fatalf("depbridge_leader = %v on the leader", v)
 	}
-	update := func(n string) {
+	// update changes the ConfigMap and returns its resourceVersion.
+	update := func(n string) string {
 		cm, _ := cs.CoreV1().ConfigMaps(ns).Get(ctx, "cm", metav1.GetOptions{})
 		cm.Data = map[string]string{"n": n}
-		if _, err := cs.CoreV1().ConfigMaps(ns).Update(ctx, cm, metav1.UpdateOptions{}); err != nil {
+		cm, err := cs.CoreV1().ConfigMaps(ns).Update(ctx, cm, metav1.UpdateOptions{})
+		if err != nil {
 			t.Fatal(err)
 		}
+		return cm.ResourceVersion
 	}
-	msgs := func() uint64 { info, _ := stream.Info(ctx); return info.State.Msgs }
-	update("1")
-	eventually(t, "the leader publishes", func() bool { return msgs() == 1 })
+	// published says whether an event carries the change at rv.
+	published := func(rv string) bool {
+		info, _ := stream.Info(ctx)
+		for seq := uint64(1); seq <= info.State.Msgs; seq++ {
+			m, err := stream.GetMsg(ctx, seq)
+			if err == nil && strings.Contains(string(m.Data), `"resourceVersion":"`+rv+`"`) {
+				return true
+			}
+		}
+		return false
+	}
+	rv := update("1")
+	eventually(t, "the leader publishes", func() bool { return published(rv) })
 
 	stopped := time.Now()
 	if err := leader.shutdown(); err != nil {
@@ -441,8 +454,8 @@ subscriptions:
 	}
 	eventually(t, "the standby takes over", func() bool { return ready(standby) })
 	t.Logf("standby ready %s after the leader stopped", time.Since(stopped).Round(10*time.Millisecond))
-	update("2")
-	eventually(t, "the new leader publishes", func() bool { return msgs() >= 2 })
+	rv = update("2")
+	eventually(t, "the new leader publishes", func() bool { return published(rv) })
 }
 
 // A restart with nothing changed sends nothing with a checkpoint store, and
