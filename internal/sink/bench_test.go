@@ -131,7 +131,7 @@ func BenchmarkJetStream(b *testing.B) {
 		b.Fatal(err)
 	}
 	sample, _ := event.New(benchRequests(0)[0], event.Options{Cluster: "bench", Instance: "b"})
-	m, _ := encodeNATS(context.Background(), "x", Binary, &sample)
+	m, _ := encodeNATS("x", Binary, &sample)
 	payload := make([]byte, natsSize(m))
 	b.ReportMetric(float64(len(payload)), "bytes/msg")
 
@@ -145,7 +145,7 @@ func BenchmarkJetStream(b *testing.B) {
 		msgs := make([]*nats.Msg, len(reqs))
 		for j, r := range reqs {
 			e, _ := event.New(r, event.Options{Cluster: "rawsync"})
-			msgs[j], _ = encodeNATS(context.Background(), "bench.rawsync."+strconv.Itoa(j%benchWatchers), Binary, &e)
+			msgs[j], _ = encodeNATS("bench.rawsync."+strconv.Itoa(j%benchWatchers), Binary, &e)
 		}
 		rawSync += runConcurrent(b, len(msgs), func(ctx context.Context, j int) error {
 			f, err := js.PublishMsgAsync(msgs[j], jetstream.WithMsgID(msgs[j].Header.Get("ce-id")))
@@ -211,7 +211,7 @@ func benchKafka(b *testing.B, batchTimeout time.Duration) {
 	}
 	defer w.Close()
 	sample, _ := event.New(benchRequests(0)[0], event.Options{Cluster: "bench", Instance: "b"})
-	km, _ := encodeKafka(context.Background(), "bench", Binary, &sample)
+	km, _ := encodeKafka("bench", Binary, &sample)
 	size := len(km.Value)
 	for _, h := range km.Headers {
 		size += len(h.Key) + len(h.Value)
@@ -230,7 +230,7 @@ func benchKafka(b *testing.B, batchTimeout time.Duration) {
 		encoded := make([]kafka.Message, len(reqs))
 		for j, r := range reqs {
 			e, _ := event.New(r, event.Options{Cluster: "rawsync"})
-			encoded[j], _ = encodeKafka(context.Background(), "bench", Binary, &e)
+			encoded[j], _ = encodeKafka("bench", Binary, &e)
 		}
 		rawSync += runConcurrent(b, len(encoded), func(ctx context.Context, j int) error {
 			return w.WriteMessages(ctx, encoded[j])
@@ -254,7 +254,6 @@ func BenchmarkEncode(b *testing.B) {
 	reqs := benchRequests(0)[:encodeBatch]
 	natsRoute, _ := NewRoute(config.Route{Name: "r", Sink: "s"}, config.Sink{Name: "s", JetStream: &config.JetStream{}}, nil)
 	kafkaRoute, _ := NewRoute(config.Route{Name: "r", Sink: "s", Subject: "bench"}, config.Sink{Name: "s", Kafka: &config.Kafka{}}, nil)
-	ctx := context.Background()
 	encoders := map[string]func(r watch.Request, mode Mode) error{
 		"nats": func(r watch.Request, mode Mode) error {
 			e, err := event.New(r, event.Options{})
@@ -265,7 +264,7 @@ func BenchmarkEncode(b *testing.B) {
 			if err != nil {
 				return err
 			}
-			_, err = encodeNATS(ctx, t.Subject, mode, &e)
+			_, err = encodeNATS(t.Subject, mode, &e)
 			return err
 		},
 		"kafka": func(r watch.Request, mode Mode) error {
@@ -277,7 +276,7 @@ func BenchmarkEncode(b *testing.B) {
 			if err != nil {
 				return err
 			}
-			_, err = encodeKafka(ctx, t.Subject, mode, &e)
+			_, err = encodeKafka(t.Subject, mode, &e)
 			return err
 		},
 	}

@@ -133,7 +133,7 @@ func (s *Kafka) Send(ctx context.Context, t Target, e ce.Event) error {
 		return err
 	}
 	defer s.inflight.done()
-	m, err := encodeKafka(ctx, t.Subject, t.Mode, &e)
+	m, err := encodeKafka(t.Subject, t.Mode, &e)
 	if err != nil {
 		return err
 	}

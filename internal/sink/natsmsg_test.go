@@ -1,7 +1,6 @@
 package sink
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"maps"
@@ -97,7 +96,7 @@ func TestPercentDecode(t *testing.T) {
 
 func TestEncodeNATSBinary(t *testing.T) {
 	e := trickyEvent(t)
-	m, err := encodeNATS(context.Background(), "subj.a", Binary, &e)
+	m, err := encodeNATS("subj.a", Binary, &e)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -154,7 +153,7 @@ func TestEncodeNATSBinary(t *testing.T) {
 
 func TestEncodeNATSStructured(t *testing.T) {
 	e := trickyEvent(t)
-	m, err := encodeNATS(context.Background(), "subj.a", Structured, &e)
+	m, err := encodeNATS("subj.a", Structured, &e)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -294,7 +293,7 @@ func FuzzNATSHeaders(f *testing.F) {
 		e.SetSource("s")
 		e.SetType("t")
 		e.SetSubject(s)
-		m, err := encodeNATS(context.Background(), "a", Binary, &e)
+		m, err := encodeNATS("a", Binary, &e)
 		if err != nil {
 			t.Fatal(err)
 		}
