@@ -81,8 +81,11 @@ type Kafka struct {
 	Brokers []string `json:"brokers"`
 	TLS     *TLS     `json:"tls,omitempty"`
 	SASL    *SASL    `json:"sasl,omitempty"`
-	// BatchTimeout bounds how long a record waits for others to share its
-	// batch. Defaults to 10ms.
+	// BatchTimeout, when set, holds a partition's next produce request
+	// until its first record has waited this long, so that more records
+	// share it. Defaults to 0. Without it, a request is sent as soon as
+	// the previous one to its partition has returned, with every record
+	// that arrived meanwhile.
 	BatchTimeout metav1.Duration `json:"batchTimeout,omitempty"`
 	// WriteTimeout bounds one produce request to a broker. Defaults to 10s.
 	WriteTimeout metav1.Duration `json:"writeTimeout,omitempty"`

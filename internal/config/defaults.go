@@ -81,7 +81,6 @@ func (j *JetStream) Default() {
 
 // Default applies the Kafka sink's defaults.
 func (k *Kafka) Default() {
-	setDuration(&k.BatchTimeout, 10*time.Millisecond)
 	setDuration(&k.WriteTimeout, 10*time.Second)
 	setString(&k.ClientID, "depbridge")
 }
