@@ -22,6 +22,9 @@ const (
 	// route.
 	ModeBinary     = "binary"
 	ModeStructured = "structured"
+	// DefaultWorkers is engine.workers when unset (see Engine.Workers);
+	// watch.Options.Workers defaults to the same.
+	DefaultWorkers = 256
 )
 
 // Default sets every field left at its zero value that has a documented
@@ -56,7 +59,7 @@ func (c *Config) Default() {
 		}
 	}
 	if c.Engine.Workers == 0 {
-		c.Engine.Workers = 4
+		c.Engine.Workers = DefaultWorkers
 	}
 }
 
