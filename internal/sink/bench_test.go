@@ -23,15 +23,17 @@ import (
 // Each benchmark iteration runs benchRounds rounds; each round publishes
 // benchEvents reconcile requests through the bridge path (event.New +
 // Route.Target + Send, with benchSenders concurrent senders standing in for
-// the engine's workers, each Send waiting for its ack), then the same
-// number of pre-encoded messages through the raw client driven the same
-// way (rawsync/s: what waiting for every ack costs, without the bridge's
-// encoding), then the same number of same-size messages through the raw
-// client at its best (raw/s). Interleaving the three within one run keeps
-// the ratio fair on a shared machine.
+// the engine's workers, each Send waiting for its ack: events/s), then the
+// same events encoded beforehand, sent by as many senders each waiting for
+// its ack through the client path the sink uses (jetstream PublishMsgAsync
+// with Nats-Msg-Id; the Kafka sink's producer): rawsync/s, the bridge's
+// ceiling without building and encoding events; then the same number of
+// same-size messages through the raw client at its best (raw/s).
+// Interleaving the three within one run keeps the ratio fair on a shared
+// machine.
 const (
 	benchEvents   = 20000
-	benchRounds   = 3
+	benchRounds   = 5
 	benchWatchers = 1000
 	// benchSenders is the engine's default worker count
 	// (config.Engine.Workers), the bridge's concurrency.
