@@ -71,13 +71,22 @@ const maxAttributes = 16
 // partitionKey is e's partitionkey extension in canonical string form, and
 // whether it is set.
 func partitionKey(e *ce.Event) (string, bool, error) {
-	v, ok := e.Extensions()[event.ExtPartitionKey]
+	var exts map[string]any
+	if ec, ok := e.Context.(*ce.EventContextV1); ok {
+		exts = ec.Extensions // e.Extensions() would copy the map
+	} else {
+		exts = e.Extensions()
+	}
+	v, ok := exts[event.ExtPartitionKey]
 	if !ok {
 		return "", false, nil
 	}
-	s, err := types.Format(v)
-	if err != nil {
-		return "", false, fmt.Errorf("partitionkey: %w", err)
+	s, isString := v.(string)
+	if !isString {
+		var err error
+		if s, err = types.Format(v); err != nil {
+			return "", false, fmt.Errorf("partitionkey: %w", err)
+		}
 	}
 	return s, true, nil
 }

@@ -126,13 +126,15 @@ func newProducer(client *kafka.Client, transport *kafka.Transport, linger time.D
 
 // produce sends m to the partition of its key in m.Topic and returns when
 // the partition leader acknowledged it with acks=all, the request failed,
-// or ctx is done. m must not be modified until produce returns.
+// or ctx is done. m and its byte slices must not be modified afterwards
+// either: as with kafka-go's Writer, a request given up on may still be
+// reading them.
 func (p *producer) produce(ctx context.Context, m *kafka.Message) error {
 	q, err := p.queue(ctx, m)
 	if err != nil {
 		return err
 	}
-	r := &pendingRecord{ctx: ctx, msg: m, size: recordSize(m), done: make(chan error, 1)}
+	r := &pendingRecord{ctx: ctx, msg: m, size: recordSize(m), done: donePool.Get().(chan error)}
 	if p.linger > 0 {
 		r.at = time.Now()
 	}
@@ -146,11 +148,17 @@ func (p *producer) produce(ctx context.Context, m *kafka.Message) error {
 	}
 	select {
 	case err := <-r.done:
+		// Nothing sends on done again (the record itself may still be
+		// read by a request kafka-go is writing, so only done is reused).
+		donePool.Put(r.done)
 		return err
 	case <-ctx.Done():
-		return context.Cause(ctx)
+		return context.Cause(ctx) // done is left to the flusher and the GC
 	}
 }
+
+// donePool recycles the result channels of pendingRecords.
+var donePool = sync.Pool{New: func() any { return make(chan error, 1) }}
 
 // queue returns the queue of m's partition, reading the topic's partitions
 // when they are not known or have expired.
