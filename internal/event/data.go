@@ -22,13 +22,21 @@ type Data struct {
 	Objects []map[string]any `json:"objects,omitempty"`
 }
 
-// appendJSON appends d encoded as JSON to b: exactly the bytes
-// encoding/json gives for d (TestDataJSONMatchesEncodingJSON and
-// FuzzDataJSON check), with nil Causes written as []. It is written out by
-// hand because encoding/json's reflection took half of New's time; the
-// objects, which are arbitrary, still go through encoding/json. It fails
-// only if an object cannot be encoded.
-func (d *Data) appendJSON(b []byte) ([]byte, error) {
+// encode returns d encoded as JSON: exactly the bytes encoding/json gives
+// for d (TestDataJSONMatchesEncodingJSON and FuzzDataJSON check), with nil
+// Causes written as []. It is written out by hand because encoding/json's
+// reflection took half of New's time; the objects, which are arbitrary,
+// still go through encoding/json. It fails only if an object cannot be
+// encoded.
+func (d *Data) encode() ([]byte, error) {
+	var objs []byte
+	if len(d.Objects) > 0 {
+		var err error
+		if objs, err = json.Marshal(d.Objects); err != nil {
+			return nil, err
+		}
+	}
+	b := make([]byte, 0, d.sizeHint()+len(objs))
 	b = append(b, `{"watcher":`...)
 	b = appendRefJSON(b, &d.Watcher)
 	b = append(b, `,"causes":[`...)
@@ -40,11 +48,7 @@ func (d *Data) appendJSON(b []byte) ([]byte, error) {
 	}
 	b = append(b, `],"truncated":`...)
 	b = strconv.AppendInt(b, int64(d.Truncated), 10)
-	if len(d.Objects) > 0 {
-		objs, err := json.Marshal(d.Objects)
-		if err != nil {
-			return nil, err
-		}
+	if objs != nil {
 		b = append(append(b, `,"objects":`...), objs...)
 	}
 	return append(b, '}'), nil

@@ -47,12 +47,12 @@ func TestDataJSONMatchesEncodingJSON(t *testing.T) {
 	}
 	for name, d := range tests {
 		t.Run(name, func(t *testing.T) {
-			got, err := d.appendJSON(nil)
+			got, err := d.encode()
 			if err != nil {
 				t.Fatal(err)
 			}
 			if want := marshalData(t, d); string(got) != want {
-				t.Errorf("appendJSON =\n%s\nencoding/json =\n%s", got, want)
+				t.Errorf("encode =\n%s\nencoding/json =\n%s", got, want)
 			}
 		})
 	}
@@ -60,8 +60,8 @@ func TestDataJSONMatchesEncodingJSON(t *testing.T) {
 
 func TestDataJSONBadObject(t *testing.T) {
 	d := Data{Watcher: watcherCM, Objects: []map[string]any{{"x": make(chan int)}}}
-	if _, err := d.appendJSON(nil); err == nil {
-		t.Error("appendJSON encoded a channel")
+	if _, err := d.encode(); err == nil {
+		t.Error("encode encoded a channel")
 	}
 }
 
@@ -95,7 +95,7 @@ func TestDataJSONFields(t *testing.T) {
 	}
 }
 
-// FuzzDataJSON checks that appendJSON writes what encoding/json writes for
+// FuzzDataJSON checks that encode writes what encoding/json writes for
 // any strings.
 func FuzzDataJSON(f *testing.F) {
 	for _, s := range []string{"", "plain", `"q"`, `\`, "<>&", "ü", "\x00", "\xff", "\u2028", "a b"} {
@@ -110,12 +110,12 @@ func FuzzDataJSON(f *testing.F) {
 			},
 			Truncated: n,
 		}
-		got, err := d.appendJSON(nil)
+		got, err := d.encode()
 		if err != nil {
 			t.Fatal(err)
 		}
 		if want := marshalData(t, d); string(got) != want {
-			t.Fatalf("appendJSON =\n%s\nencoding/json =\n%s", got, want)
+			t.Fatalf("encode =\n%s\nencoding/json =\n%s", got, want)
 		}
 	})
 }

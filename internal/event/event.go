@@ -89,7 +89,7 @@ func New(req watch.Request, opts Options) (ce.Event, error) {
 	if opts.IncludeObjects {
 		d.Objects = objects(opts.Objects, opts.IncludeSecretData)
 	}
-	data, err := d.appendJSON(make([]byte, 0, d.sizeHint()))
+	data, err := d.encode()
 	if err != nil {
 		return ce.Event{}, fmt.Errorf("encode data of reconcile request for %s: %w", key, err)
 	}
