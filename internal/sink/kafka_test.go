@@ -214,7 +214,9 @@ func TestKafkaKeepsWatcherOrder(t *testing.T) {
 
 // TestKafkaSurvivesBrokerRestart stops the broker for several seconds while
 // events are being sent, starts it again on the same port and data
-// directory, and checks that every event is in the topic.
+// directory, and checks that every event is in the topic. Sixty watchers
+// send at once, so the records of each partition share produce requests
+// when the broker goes away and when it comes back.
 func TestKafkaSurvivesBrokerRestart(t *testing.T) {
 	dir := t.TempDir()
 	c := startKafka(t, 0, dir, kfake.SeedTopics(3, "outage"))
@@ -227,7 +229,7 @@ func TestKafkaSurvivesBrokerRestart(t *testing.T) {
 
 	const outage = 3 * time.Second
 	var restarted bool
-	sent, failures := outageRun(t, ctx, s, Target{Subject: "outage"}, 20, 30,
+	sent, failures := outageRun(t, ctx, s, Target{Subject: "outage"}, 60, 10,
 		c.Close,
 		outage,
 		func() { startKafka(t, port, dir); restarted = true })
