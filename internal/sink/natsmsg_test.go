@@ -372,3 +372,19 @@ func unhex(c byte) (byte, bool) {
 	}
 	return 0, false
 }
+
+// TestEncodeBinaryNeedsSpecVersion1 checks that binary mode refuses an
+// event of another spec version rather than writing 1.0 headers for it
+// (the bridge builds 1.0 events only).
+func TestEncodeBinaryNeedsSpecVersion1(t *testing.T) {
+	e := ce.New(ce.CloudEventsVersionV03)
+	e.SetID("1")
+	e.SetSource("s")
+	e.SetType("t")
+	if _, err := encodeNATS("a", Binary, &e); err == nil || !strings.Contains(err.Error(), `specversion "0.3"`) {
+		t.Errorf("encodeNATS of a 0.3 event: %v", err)
+	}
+	if _, err := encodeKafka("a", Binary, &e); err == nil || !strings.Contains(err.Error(), `specversion "0.3"`) {
+		t.Errorf("encodeKafka of a 0.3 event: %v", err)
+	}
+}
