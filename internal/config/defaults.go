@@ -22,6 +22,9 @@ const (
 	// route.
 	ModeBinary     = "binary"
 	ModeStructured = "structured"
+	// DefaultWorkers is engine.workers when unset (see Engine.Workers);
+	// watch.Options.Workers defaults to the same.
+	DefaultWorkers = 256
 )
 
 // Default sets every field left at its zero value that has a documented
@@ -61,7 +64,7 @@ func (c *Config) Default() {
 		}
 	}
 	if c.Engine.Workers == 0 {
-		c.Engine.Workers = 4
+		c.Engine.Workers = DefaultWorkers
 	}
 }
 
@@ -96,7 +99,6 @@ func (j *JetStream) Default() {
 
 // Default applies the Kafka sink's defaults.
 func (k *Kafka) Default() {
-	setDuration(&k.BatchTimeout, 10*time.Millisecond)
 	setDuration(&k.WriteTimeout, 10*time.Second)
 	setString(&k.ClientID, "depbridge")
 }

@@ -116,7 +116,7 @@ func TestReloader(t *testing.T) {
 	h.wantQuiet() // the file holds the config in force
 
 	writeFile(t, path, reloadB)
-	if c := h.wantChange("b"); c.Engine.Workers != 4 {
+	if c := h.wantChange("b"); c.Engine.Workers != 256 {
 		t.Errorf("delivered config has no defaults: %+v", c)
 	}
 	h.wantQuiet()

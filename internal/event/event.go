@@ -11,11 +11,12 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"strings"
+	"sync/atomic"
 
 	ce "github.com/cloudevents/sdk-go/v2/event"
+	"github.com/cloudevents/sdk-go/v2/types"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
 	"github.com/depbridge/depbridge/internal/cache"
@@ -66,24 +67,15 @@ type Options struct {
 	Objects []*unstructured.Unstructured
 }
 
-// Data is the data of a reconcile request event, encoded as JSON.
-type Data struct {
-	// Watcher is the watcher to reconcile.
-	Watcher cache.Ref `json:"watcher"`
-	// Causes say why, oldest first; never null, empty for a requeue.
-	Causes []watch.Cause `json:"causes"`
-	// Truncated counts causes dropped because too many were pending; when
-	// non-zero, every dependency may have changed.
-	Truncated int `json:"truncated"`
-	// Objects are snapshots of the watched objects, present only when the
-	// route includes objects.
-	Objects []map[string]any `json:"objects,omitempty"`
-}
-
 // New returns the CloudEvent of req. The id is a hash of the cluster, the
 // watcher and the ordered causes (not of the objects, nor of the time), so
 // the same request always has the same id. New fails only if an object
 // cannot be encoded as JSON.
+//
+// The event is always valid (Event.Validate returns nil): its id, source,
+// type and subject are never empty and its data content type is a
+// constant, so New does not spend a validation on every event; the tests
+// validate what it builds.
 func New(req watch.Request, opts Options) (ce.Event, error) {
 	if opts.Cluster == "" {
 		opts.Cluster = "default"
@@ -94,47 +86,75 @@ func New(req watch.Request, opts Options) (ce.Event, error) {
 	key := watcherKey(req.Watcher)
 
 	d := Data{Watcher: req.Watcher, Causes: req.Causes, Truncated: req.Truncated}
-	if d.Causes == nil {
-		d.Causes = []watch.Cause{}
-	}
 	if opts.IncludeObjects {
 		d.Objects = objects(opts.Objects, opts.IncludeSecretData)
 	}
-	data, err := json.Marshal(&d)
+	data, err := d.encode()
 	if err != nil {
 		return ce.Event{}, fmt.Errorf("encode data of reconcile request for %s: %w", key, err)
 	}
 
-	// Setting the context fields directly skips the SDK's setter
-	// validation and copies; Validate below checks the result once.
-	ctx := &ce.EventContextV1{
+	// The context and the values it points to share one allocation. Setting
+	// the fields directly skips the SDK's setters, their validation and
+	// their copies.
+	c := &eventContext{subject: key}
+	c.ctx = ce.EventContextV1{
 		ID:              ID(opts.Cluster, req),
+		Source:          source(opts.Cluster, opts.Instance),
 		Type:            Type,
-		Subject:         &key,
-		DataContentType: ptr(DataContentType),
+		Subject:         &c.subject,
+		DataContentType: &dataContentType,
 		Extensions: map[string]any{
 			ExtPartitionKey:      key,
 			ExtWatcherAPIVersion: apiVersion(req.Watcher),
 			ExtWatcherKind:       req.Watcher.Kind,
 		},
 	}
-	ctx.Source.URL.Scheme = "depbridge"
-	ctx.Source.URL.Host = opts.Cluster
-	ctx.Source.URL.Path = "/" + opts.Instance
 	if !req.Enqueued.IsZero() {
-		ctx.SetTime(req.Enqueued) //nolint:errcheck // never fails
+		c.time = types.Timestamp{Time: req.Enqueued}
+		c.ctx.Time = &c.time
 	}
 	if req.Watcher.Namespace != "" {
-		ctx.Extensions[ExtWatcherNamespace] = req.Watcher.Namespace
+		c.ctx.Extensions[ExtWatcherNamespace] = req.Watcher.Namespace
 	}
 	if req.Watcher.Name != "" {
-		ctx.Extensions[ExtWatcherName] = req.Watcher.Name
+		c.ctx.Extensions[ExtWatcherName] = req.Watcher.Name
 	}
-	e := ce.Event{Context: ctx, DataEncoded: data}
-	if err := e.Validate(); err != nil {
-		return ce.Event{}, fmt.Errorf("reconcile request for %s: %w", key, err)
+	return ce.Event{Context: &c.ctx, DataEncoded: data}, nil
+}
+
+// eventContext holds an event's context and the values its pointer fields
+// refer to, so that New allocates them together.
+type eventContext struct {
+	ctx     ce.EventContextV1
+	subject string
+	time    types.Timestamp
+}
+
+// dataContentType is what every event's DataContentType points to. The SDK
+// never writes through that pointer (SetDataContentType replaces it).
+var dataContentType = DataContentType
+
+// lastSource caches the source attribute of the last event built: a
+// bridge has one cluster and one instance, so the URL is built once.
+var lastSource atomic.Pointer[sourceURI]
+
+type sourceURI struct {
+	cluster, instance string
+	uri               types.URIRef
+}
+
+// source is the source attribute "depbridge://<cluster>/<instance>".
+func source(cluster, instance string) types.URIRef {
+	if s := lastSource.Load(); s != nil && s.cluster == cluster && s.instance == instance {
+		return s.uri
 	}
-	return e, nil
+	s := &sourceURI{cluster: cluster, instance: instance}
+	s.uri.URL.Scheme = "depbridge"
+	s.uri.URL.Host = cluster
+	s.uri.URL.Path = "/" + instance
+	lastSource.Store(s)
+	return s.uri
 }
 
 // ID is the deterministic event id of req in cluster: the first 128 bits,
@@ -205,8 +225,6 @@ func objects(objs []*unstructured.Unstructured, keepSecretData bool) []map[strin
 func isSecret(u *unstructured.Unstructured) bool {
 	return u.GetKind() == "Secret" && u.GetAPIVersion() == "v1"
 }
-
-func ptr[T any](v T) *T { return &v }
 
 // apiVersion is req.Watcher.APIVersion() without its allocations.
 func apiVersion(r cache.Ref) string {

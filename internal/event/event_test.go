@@ -128,6 +128,9 @@ func TestNewAttributes(t *testing.T) {
 			if got := e.Extensions(); !reflect.DeepEqual(got, tt.extensions) {
 				t.Errorf("extensions = %v, want %v", got, tt.extensions)
 			}
+			if err := e.Validate(); err != nil {
+				t.Errorf("New built an invalid event: %v", err)
+			}
 			for name := range e.Extensions() {
 				if len(name) > 20 || strings.Trim(name, "abcdefghijklmnopqrstuvwxyz0123456789") != "" {
 					t.Errorf("extension name %q breaks the spec's naming rules", name)

@@ -17,33 +17,21 @@ import (
 	"github.com/depbridge/depbridge/internal/config"
 )
 
-// Delivery defaults of the Kafka sink. kafka-go's own defaults are
-// RequireNone (fire and forget) and a 1s batch timeout, so every one that
-// matters is set here, explicitly.
-const (
-	kafkaBatchSize  = 100
-	kafkaBatchBytes = 1 << 20
-	// kafkaMaxAttempts is how often kafka-go tries one batch within a
-	// Send; past it Send fails and the caller retries.
-	kafkaMaxAttempts = 3
-)
-
 // Kafka produces to Kafka with acks from all in-sync replicas: at least
 // once. Send returns nil only after the partition leader acknowledged the
 // record with acks=all. The record key is the event's partitionkey (the
-// watcher key) and partitions are chosen by its hash, so one watcher's
-// events stay in order on one partition (the engine never sends two events
-// of one watcher at once).
+// watcher key) and partitions are chosen by its hash (kafka-go's Hash
+// balancer), so one watcher's events stay in order on one partition (the
+// engine never sends two events of one watcher at once).
 //
-// Concurrent Sends to the same topic and partition share produce batches.
-// kafka-go sends a batch when it holds 100 records or when BatchTimeout
-// (10ms by default) has passed since its first record, so a Send takes at
-// least BatchTimeout unless 100 Sends to its partition are under way at
-// once: with S concurrent senders the rate is at most about
-// S / BatchTimeout (400 events/s for 4 senders at 10ms). BenchmarkKafka
-// measures it.
+// Concurrent Sends to one partition share produce requests without a
+// timer: while a request to a partition is in flight, the records that
+// arrive for it wait and go together in the next, sent as soon as it
+// returns (see producer, kafkaproducer.go, for why this is not kafka-go's
+// Writer). A lone Send costs one round trip; S concurrent Sends spread
+// over P partitions make requests of about S/P records.
 type Kafka struct {
-	w         *kafka.Writer
+	p         *producer
 	client    *kafka.Client
 	transport *kafka.Transport
 	log       *slog.Logger
@@ -66,38 +54,19 @@ func NewKafka(name string, cfg config.Kafka, log *slog.Logger) (*Kafka, error) {
 		return nil, fmt.Errorf("kafka: %w", err)
 	}
 	cfg.Default()
-	clientID, batchTimeout, writeTimeout := cfg.ClientID, cfg.BatchTimeout.Duration, cfg.WriteTimeout.Duration
 	transport := &kafka.Transport{
 		DialTimeout: 5 * time.Second,
 		IdleTimeout: 30 * time.Second,
-		MetadataTTL: 6 * time.Second,
-		ClientID:    clientID,
+		MetadataTTL: kafkaMetadataTTL,
+		ClientID:    cfg.ClientID,
 		TLS:         t,
 		SASL:        mech,
 	}
-	addr := kafka.TCP(cfg.Brokers...)
-	w := &kafka.Writer{
-		Addr:                   addr,
-		Balancer:               &kafka.Hash{},
-		MaxAttempts:            kafkaMaxAttempts,
-		WriteBackoffMin:        50 * time.Millisecond,
-		WriteBackoffMax:        500 * time.Millisecond,
-		BatchSize:              kafkaBatchSize,
-		BatchBytes:             kafkaBatchBytes,
-		BatchTimeout:           batchTimeout,
-		ReadTimeout:            writeTimeout,
-		WriteTimeout:           writeTimeout,
-		RequiredAcks:           kafka.RequireAll,
-		Async:                  false,
-		AllowAutoTopicCreation: false,
-		Transport:              transport,
-		ErrorLogger: kafka.LoggerFunc(func(msg string, args ...any) {
-			log.Debug("kafka-go: " + fmt.Sprintf(msg, args...))
-		}),
-	}
+	// Timeout bounds each request, a produce request included.
+	client := &kafka.Client{Addr: kafka.TCP(cfg.Brokers...), Timeout: cfg.WriteTimeout.Duration, Transport: transport}
 	return &Kafka{
-		w:         w,
-		client:    &kafka.Client{Addr: addr, Timeout: writeTimeout, Transport: transport},
+		p:         newProducer(client, transport, cfg.BatchTimeout.Duration, log),
+		client:    client,
 		transport: transport,
 		log:       log,
 	}, nil
@@ -127,21 +96,18 @@ func saslMechanism(c *config.SASL) (sasl.Mechanism, error) {
 }
 
 // Send produces e to topic t.Subject and waits for acks from all in-sync
-// replicas.
+// replicas, ctx, or the failure of its produce request (after up to
+// kafkaMaxAttempts tries when the error is retriable).
 func (s *Kafka) Send(ctx context.Context, t Target, e ce.Event) error {
 	if err := s.inflight.add(); err != nil {
 		return err
 	}
 	defer s.inflight.done()
-	m, err := encodeKafka(ctx, t.Subject, t.Mode, &e)
+	m, err := encodeKafka(t.Subject, t.Mode, &e)
 	if err != nil {
 		return err
 	}
-	if err := s.w.WriteMessages(ctx, m); err != nil {
-		var werr kafka.WriteErrors
-		if errors.As(err, &werr) && len(werr) == 1 && werr[0] != nil {
-			err = werr[0]
-		}
+	if err := s.p.produce(ctx, &m); err != nil {
 		return fmt.Errorf("publish %s to %q: %w", e.ID(), t.Subject, err)
 	}
 	return nil
@@ -172,21 +138,15 @@ func (s *Kafka) Check(ctx context.Context, patterns []string) error {
 	return errors.Join(errs...)
 }
 
-// Close waits for running Sends, then closes the writer, which flushes
-// what it still holds; ctx bounds both.
+// Close waits for running Sends, and so for the acks of their records,
+// until ctx is done; then it aborts what is still in flight (those Sends
+// fail) and closes the connections.
 func (s *Kafka) Close(ctx context.Context) error {
 	first, err := s.inflight.close(ctx)
 	if !first {
 		return nil
 	}
-	done := make(chan error, 1)
-	go func() { done <- s.w.Close() }()
-	select {
-	case werr := <-done:
-		err = errors.Join(err, werr)
-	case <-ctx.Done():
-		err = errors.Join(err, fmt.Errorf("flush: %w", context.Cause(ctx)))
-	}
+	s.p.stop()
 	s.transport.CloseIdleConnections()
 	if err != nil {
 		return fmt.Errorf("close: %w", err)

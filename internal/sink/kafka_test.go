@@ -8,11 +8,13 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/segmentio/kafka-go"
 	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/depbridge/depbridge/internal/config"
 	"github.com/depbridge/depbridge/internal/event"
@@ -212,7 +214,9 @@ func TestKafkaKeepsWatcherOrder(t *testing.T) {
 
 // TestKafkaSurvivesBrokerRestart stops the broker for several seconds while
 // events are being sent, starts it again on the same port and data
-// directory, and checks that every event is in the topic.
+// directory, and checks that every event is in the topic. Sixty watchers
+// send at once, so the records of each partition share produce requests
+// when the broker goes away and when it comes back.
 func TestKafkaSurvivesBrokerRestart(t *testing.T) {
 	dir := t.TempDir()
 	c := startKafka(t, 0, dir, kfake.SeedTopics(3, "outage"))
@@ -225,7 +229,7 @@ func TestKafkaSurvivesBrokerRestart(t *testing.T) {
 
 	const outage = 3 * time.Second
 	var restarted bool
-	sent, failures := outageRun(t, ctx, s, Target{Subject: "outage"}, 20, 30,
+	sent, failures := outageRun(t, ctx, s, Target{Subject: "outage"}, 60, 10,
 		c.Close,
 		outage,
 		func() { startKafka(t, port, dir); restarted = true })
@@ -314,5 +318,423 @@ func TestKafkaSASL(t *testing.T) {
 				s.Close(ctx)
 			}
 		})
+	}
+}
+
+// produceCounter counts the produce requests a kfake cluster handles and
+// the records in them.
+type produceCounter struct {
+	mu       sync.Mutex
+	requests int
+	records  int
+	largest  int
+}
+
+func countProduce(t testing.TB, c *kfake.Cluster) *produceCounter {
+	t.Helper()
+	pc := &produceCounter{}
+	c.ControlKey(int16(kmsg.Produce), func(req kmsg.Request) (kmsg.Response, error, bool) {
+		c.KeepControl()
+		n := 0
+		for _, topic := range req.(*kmsg.ProduceRequest).Topics {
+			for _, p := range topic.Partitions {
+				var batch kmsg.RecordBatch
+				if err := batch.ReadFrom(p.Records); err != nil {
+					t.Errorf("produce request with an unreadable record batch: %v", err)
+				}
+				n += int(batch.NumRecords)
+			}
+		}
+		pc.mu.Lock()
+		pc.requests++
+		pc.records += n
+		pc.largest = max(pc.largest, n)
+		pc.mu.Unlock()
+		return nil, nil, false // let the cluster handle it
+	})
+	return pc
+}
+
+func (pc *produceCounter) get() (requests, records, largest int) {
+	pc.mu.Lock()
+	defer pc.mu.Unlock()
+	return pc.requests, pc.records, pc.largest
+}
+
+// TestKafkaBatchesConcurrentSends sends from many goroutines at once, each
+// a watcher sending its events in sequence (as the engine does), to a
+// topic with several partitions. Every Send must be acknowledged, records
+// must share produce requests (no timer is involved: the default
+// batchTimeout is 0), and each watcher's records must be on one
+// partition, in the order they were sent.
+func TestKafkaBatchesConcurrentSends(t *testing.T) {
+	const partitions, watchers, perWatcher = 4, 64, 25
+	c := startKafka(t, 0, "", kfake.NumBrokers(1), kfake.SeedTopics(partitions, "batched"))
+	addr := c.ListenAddrs()[0]
+	pc := countProduce(t, c)
+	s := newKafkaSink(t, addr)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	var wg sync.WaitGroup
+	for w := range watchers {
+		wg.Go(func() {
+			for seq := range perWatcher {
+				if err := s.Send(ctx, Target{Subject: "batched"}, testEvent(t, w, seq)); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	requests, records, largest := pc.get()
+	t.Logf("%d records in %d produce requests (largest %d)", records, requests, largest)
+	if records != watchers*perWatcher {
+		t.Errorf("broker received %d records, want %d", records, watchers*perWatcher)
+	}
+	if largest < 2 || requests >= records {
+		t.Errorf("%d records in %d requests, the largest with %d: concurrent Sends did not share requests", records, requests, largest)
+	}
+	recs := readTopic(t, addr, "batched", partitions)
+	if len(recs) != watchers*perWatcher {
+		t.Fatalf("read %d records, want %d", len(recs), watchers*perWatcher)
+	}
+	partitionOf := map[string]int{}
+	next := map[string]int{}
+	for _, r := range recs { // in offset order per partition
+		if p, ok := partitionOf[r.key]; ok && p != r.partition {
+			t.Errorf("watcher %s on partitions %d and %d", r.key, p, r.partition)
+		}
+		partitionOf[r.key] = r.partition
+		if r.seq != next[r.key] {
+			t.Errorf("watcher %s: event %d where %d was due", r.key, r.seq, next[r.key])
+		}
+		next[r.key] = r.seq + 1
+	}
+	used := map[int]bool{}
+	for _, p := range partitionOf {
+		used[p] = true
+	}
+	if len(used) != partitions {
+		t.Errorf("watchers on %d of %d partitions", len(used), partitions)
+	}
+}
+
+// TestKafkaPartitionsLikeHashBalancer checks that records land on the
+// partition kafka-go's Hash balancer (and sarama's) picks for their key.
+func TestKafkaPartitionsLikeHashBalancer(t *testing.T) {
+	const partitions = 5
+	c := startKafka(t, 0, "", kfake.NumBrokers(1), kfake.SeedTopics(partitions, "hashed"))
+	addr := c.ListenAddrs()[0]
+	s := newKafkaSink(t, addr)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	for w := range 20 {
+		if err := s.Send(ctx, Target{Subject: "hashed"}, testEvent(t, w, 0)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ids := []int{0, 1, 2, 3, 4}
+	for _, r := range readTopic(t, addr, "hashed", partitions) {
+		if want := (&kafka.Hash{}).Balance(kafka.Message{Key: []byte(r.key)}, ids...); r.partition != want {
+			t.Errorf("key %s on partition %d, kafka.Hash picks %d", r.key, r.partition, want)
+		}
+	}
+}
+
+// holdProduce makes the cluster hold every produce request until release
+// is called; held receives a value as each one is held, and records counts
+// the records in them.
+func holdProduce(c *kfake.Cluster) (held <-chan struct{}, records *atomic.Int64, release func()) {
+	h := make(chan struct{}, 1000)
+	r := make(chan struct{})
+	records = &atomic.Int64{}
+	c.ControlKey(int16(kmsg.Produce), func(req kmsg.Request) (kmsg.Response, error, bool) {
+		c.KeepControl()
+		for _, topic := range req.(*kmsg.ProduceRequest).Topics {
+			for _, p := range topic.Partitions {
+				var batch kmsg.RecordBatch
+				if batch.ReadFrom(p.Records) == nil {
+					records.Add(int64(batch.NumRecords))
+				}
+			}
+		}
+		select {
+		case h <- struct{}{}:
+		default:
+		}
+		c.SleepControl(func() { <-r })
+		return nil, nil, false
+	})
+	var once sync.Once
+	return h, records, func() { once.Do(func() { close(r) }) }
+}
+
+// queued is how many records s holds that are not yet in a request.
+func (s *Kafka) queued() int {
+	s.p.mu.RLock()
+	defer s.p.mu.RUnlock()
+	n := 0
+	for _, q := range s.p.queues {
+		q.mu.Lock()
+		n += len(q.pending)
+		q.mu.Unlock()
+	}
+	return n
+}
+
+// waitFor polls cond until it holds or ctx is done.
+func waitFor(t testing.TB, ctx context.Context, what string, cond func() bool) {
+	t.Helper()
+	tick := time.NewTicker(time.Millisecond)
+	defer tick.Stop()
+	for !cond() {
+		select {
+		case <-tick.C:
+		case <-ctx.Done():
+			t.Fatalf("timed out waiting until %s", what)
+		}
+	}
+}
+
+// TestKafkaCloseWaitsForInFlightSends closes the sink while produce
+// requests are held by the broker: Close must wait for them, every Send
+// must then be acknowledged and its record in the topic.
+func TestKafkaCloseWaitsForInFlightSends(t *testing.T) {
+	const partitions, senders = 3, 30
+	c := startKafka(t, 0, "", kfake.NumBrokers(1), kfake.SeedTopics(partitions, "closing"))
+	addr := c.ListenAddrs()[0]
+	s := newKafkaSink(t, addr)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	// Reach the broker first, so that the partitions are known.
+	if err := s.Check(ctx, []string{"closing"}); err != nil {
+		t.Fatal(err)
+	}
+	_, held, release := holdProduce(c)
+	defer release()
+
+	sent := make(chan error, senders)
+	for w := range senders {
+		go func() { sent <- s.Send(ctx, Target{Subject: "closing"}, testEvent(t, w, 0)) }()
+	}
+	// Every Send is under way: its record held by the broker or queued
+	// behind a held request.
+	waitFor(t, ctx, "every record is held or queued", func() bool { return int(held.Load())+s.queued() == senders })
+	closed := make(chan error, 1)
+	go func() { closed <- s.Close(ctx) }()
+	select {
+	case err := <-closed:
+		t.Fatalf("Close returned (%v) while produce requests were held", err)
+	case err := <-sent:
+		t.Fatalf("a Send returned (%v) while produce requests were held", err)
+	default:
+	}
+	release()
+	for range senders {
+		if err := <-sent; err != nil {
+			t.Errorf("Send during Close: %v", err)
+		}
+	}
+	if err := <-closed; err != nil {
+		t.Errorf("Close: %v", err)
+	}
+	if err := s.Send(ctx, Target{Subject: "closing"}, testEvent(t, 0, 1)); !errors.Is(err, ErrClosed) {
+		t.Errorf("Send after Close = %v, want ErrClosed", err)
+	}
+	if got := len(readTopic(t, addr, "closing", partitions)); got != senders {
+		t.Errorf("topic holds %d records, want %d", got, senders)
+	}
+}
+
+// TestKafkaCloseBoundedByContext closes the sink while the broker holds
+// its produce requests and never answers: Close must return when its ctx
+// is done, with an error, and the Sends must fail rather than hang.
+func TestKafkaCloseBoundedByContext(t *testing.T) {
+	c := startKafka(t, 0, "", kfake.NumBrokers(1), kfake.SeedTopics(2, "stuck"))
+	addr := c.ListenAddrs()[0]
+	s := newKafkaSink(t, addr)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := s.Check(ctx, []string{"stuck"}); err != nil {
+		t.Fatal(err)
+	}
+	held, _, release := holdProduce(c)
+	defer release()
+	const senders = 10
+	sent := make(chan error, senders)
+	for w := range senders {
+		go func() { sent <- s.Send(ctx, Target{Subject: "stuck"}, testEvent(t, w, 0)) }()
+	}
+	<-held
+	closeCtx, closeCancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	defer closeCancel()
+	if err := s.Close(closeCtx); err == nil || !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Close with produce requests held = %v, want the deadline", err)
+	}
+	for range senders {
+		select {
+		case err := <-sent:
+			if !errors.Is(err, ErrClosed) {
+				t.Errorf("Send aborted by Close = %v, want ErrClosed", err)
+			}
+		case <-ctx.Done():
+			t.Fatal("Sends still blocked after Close returned")
+		}
+	}
+}
+
+// TestKafkaFollowsLeaderMove moves a partition's leader to another broker
+// between two Sends: the second gets NOT_LEADER_FOR_PARTITION from the old
+// leader, refreshes the metadata and succeeds on the new leader within the
+// same Send.
+func TestKafkaFollowsLeaderMove(t *testing.T) {
+	c, err := kfake.NewCluster(kfake.NumBrokers(3), kfake.SeedTopics(1, "moving"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	addr := c.ListenAddrs()[0]
+	s := newKafkaSink(t, addr)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := s.Send(ctx, Target{Subject: "moving"}, testEvent(t, 1, 0)); err != nil {
+		t.Fatal(err)
+	}
+	old := c.LeaderFor("moving", 0)
+	if err := c.MoveTopicPartition("moving", 0, (old+1)%3); err != nil {
+		t.Fatal(err)
+	}
+	pc := countProduce(t, c)
+	if err := s.Send(ctx, Target{Subject: "moving"}, testEvent(t, 1, 1)); err != nil {
+		t.Fatalf("Send after the leader moved: %v", err)
+	}
+	if requests, _, _ := pc.get(); requests < 2 {
+		t.Errorf("%d produce requests: the old leader was not asked first, so the test showed nothing", requests)
+	}
+	if got := len(readTopic(t, addr, "moving", 1)); got != 2 {
+		t.Errorf("topic holds %d records, want 2", got)
+	}
+}
+
+// TestKafkaFindsTopicCreatedLater sends to a topic that does not exist,
+// then creates it: a retry must find it without waiting for the metadata
+// to expire.
+func TestKafkaFindsTopicCreatedLater(t *testing.T) {
+	c := startKafka(t, 0, "", kfake.NumBrokers(1))
+	addr := c.ListenAddrs()[0]
+	s := newKafkaSink(t, addr)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	e := testEvent(t, 1, 0)
+	err := s.Send(ctx, Target{Subject: "later"}, e)
+	if err == nil || !strings.Contains(err.Error(), `topic "later"`) {
+		t.Fatalf("Send to a missing topic = %v", err)
+	}
+	resp, err := (&kafka.Client{Addr: kafka.TCP(addr)}).CreateTopics(ctx, &kafka.CreateTopicsRequest{
+		Topics: []kafka.TopicConfig{{Topic: "later", NumPartitions: 1, ReplicationFactor: 1}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := resp.Errors["later"]; err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	retryCtx, retryCancel := context.WithTimeout(ctx, 4*time.Second)
+	defer retryCancel()
+	if _, err := sendUntilAcked(retryCtx, s, Target{Subject: "later"}, e, time.Second, 100*time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("found the new topic after %s", time.Since(start).Round(time.Millisecond))
+}
+
+// TestKafkaLinger checks batchTimeout: a Send waits for it, and concurrent
+// Sends within it share a request.
+func TestKafkaLinger(t *testing.T) {
+	const linger, senders = 300 * time.Millisecond, 20
+	c := startKafka(t, 0, "", kfake.NumBrokers(1), kfake.SeedTopics(1, "lingering"))
+	addr := c.ListenAddrs()[0]
+	s, err := NewKafka("kafka", config.Kafka{Brokers: []string{addr}, BatchTimeout: durationOf(linger)}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close(context.Background())
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := s.Check(ctx, []string{"lingering"}); err != nil {
+		t.Fatal(err)
+	}
+	pc := countProduce(t, c)
+	start := time.Now()
+	var wg sync.WaitGroup
+	for w := range senders {
+		wg.Go(func() {
+			if err := s.Send(ctx, Target{Subject: "lingering"}, testEvent(t, w, 0)); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	if d := time.Since(start); d < linger {
+		t.Errorf("Sends returned after %s, before the %s linger", d, linger)
+	}
+	if requests, records, _ := pc.get(); records != senders || requests >= senders {
+		t.Errorf("%d records in %d requests: the linger did not batch them", records, requests)
+	}
+}
+
+// TestKafkaSeesNewPartitions adds partitions to a topic while events are
+// sent: once the metadata expires, keys spread over the new partitions
+// too, as kafka-go's Writer would place them.
+func TestKafkaSeesNewPartitions(t *testing.T) {
+	c := startKafka(t, 0, "", kfake.NumBrokers(1), kfake.SeedTopics(2, "growing"))
+	addr := c.ListenAddrs()[0]
+	s := newKafkaSink(t, addr)
+	s.transport.MetadataTTL = 50 * time.Millisecond // before its first use
+	s.p.metadataTTL = 50 * time.Millisecond
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := s.Send(ctx, Target{Subject: "growing"}, testEvent(t, 0, 0)); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := (&kafka.Client{Addr: kafka.TCP(addr)}).CreatePartitions(ctx, &kafka.CreatePartitionsRequest{
+		Topics: []kafka.TopicPartitionsConfig{{Name: "growing", Count: 4}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := resp.Errors["growing"]; err != nil {
+		t.Fatal(err)
+	}
+	// Send the events of 40 watchers (which kafka.Hash spreads over all
+	// four partitions) until the new partitions receive some.
+	client := &kafka.Client{Addr: kafka.TCP(addr)}
+	newPartitionsUsed := func() bool {
+		offs, err := client.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{
+			"growing": {kafka.LastOffsetOf(2), kafka.LastOffsetOf(3)}}})
+		if err != nil {
+			return false
+		}
+		for _, po := range offs.Topics["growing"] {
+			if po.Error != nil || po.LastOffset == 0 {
+				return false
+			}
+		}
+		return true
+	}
+	for seq := 1; !newPartitionsUsed(); seq++ {
+		for w := range 40 {
+			if err := s.Send(ctx, Target{Subject: "growing"}, testEvent(t, w, seq)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	ids := []int{0, 1, 2, 3}
+	for _, r := range readTopic(t, addr, "growing", 4) {
+		if r.partition < 2 {
+			continue // sent before or after the change
+		}
+		if p := (&kafka.Hash{}).Balance(kafka.Message{Key: []byte(r.key)}, ids...); r.partition != p {
+			t.Errorf("key %s on new partition %d, kafka.Hash over 4 partitions picks %d", r.key, r.partition, p)
+		}
 	}
 }

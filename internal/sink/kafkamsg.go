@@ -1,18 +1,10 @@
 package sink
 
 import (
-	"context"
 	"fmt"
-	"io"
 
-	"github.com/cloudevents/sdk-go/v2/binding"
-	"github.com/cloudevents/sdk-go/v2/binding/format"
-	"github.com/cloudevents/sdk-go/v2/binding/spec"
 	ce "github.com/cloudevents/sdk-go/v2/event"
-	"github.com/cloudevents/sdk-go/v2/types"
 	"github.com/segmentio/kafka-go"
-
-	"github.com/depbridge/depbridge/internal/event"
 )
 
 // Kafka protocol binding (cloudevents/spec bindings/kafka-protocol-binding.md)
@@ -29,107 +21,72 @@ const (
 	kafkaContentType  = "content-type"
 )
 
-// encodeKafka writes e onto a new Kafka record for topic in mode.
-func encodeKafka(ctx context.Context, topic string, mode Mode, e *ce.Event) (kafka.Message, error) {
+// kafkaStructuredCT is the content-type header value of structured
+// records, shared by all of them; nothing writes to it.
+var kafkaStructuredCT = []byte(structuredJSONCT)
+
+// encodeKafka writes e onto a new Kafka record for topic in mode. The
+// record shares e's data; neither may be modified afterwards.
+func encodeKafka(topic string, mode Mode, e *ce.Event) (kafka.Message, error) {
 	m := kafka.Message{Topic: topic}
-	if k, ok := e.Extensions()[event.ExtPartitionKey]; ok {
-		s, err := types.ToString(k)
-		if err != nil {
-			return m, fmt.Errorf("encode event %s for Kafka: partitionkey: %w", e.ID(), err)
-		}
-		m.Key = []byte(s)
-	}
-	w := &kafkaMessage{Message: &m}
-	var err error
-	if mode == Structured {
-		_, err = binding.Write(ctx, binding.ToMessage(e), w, nil)
-	} else {
-		_, err = binding.Write(ctx, binding.ToMessage(e), nil, w)
-	}
-	if err != nil {
+	fail := func(err error) (kafka.Message, error) {
 		return m, fmt.Errorf("encode event %s for Kafka (%s mode): %w", e.ID(), mode, err)
+	}
+	key, hasKey, err := partitionKey(e)
+	if err != nil {
+		return fail(err)
+	}
+	if mode == Structured {
+		if m.Value, err = structuredJSON(e); err != nil {
+			return fail(err)
+		}
+		m.Headers = []kafka.Header{{Key: kafkaContentType, Value: kafkaStructuredCT}}
+		if hasKey {
+			m.Key = []byte(key)
+		}
+		return m, nil
+	}
+	var stack [maxAttributes]attribute
+	attrs, err := attributes(e, stack[:0])
+	if err != nil {
+		return fail(err)
+	}
+	// One backing array for the key and all header values.
+	n := len(key)
+	for _, a := range attrs {
+		n += len(a.value)
+	}
+	values := make([]byte, 0, n)
+	if hasKey {
+		values = append(values, key...)
+		m.Key = values[:len(key):len(key)]
+	}
+	m.Headers = make([]kafka.Header, len(attrs))
+	for i, a := range attrs {
+		start := len(values)
+		values = append(values, a.value...)
+		m.Headers[i] = kafka.Header{Key: kafkaHeaderName(a.name), Value: values[start:len(values):len(values)]}
+	}
+	if len(e.DataEncoded) > 0 {
+		m.Value = e.DataEncoded
 	}
 	return m, nil
 }
 
-// kafkaMessage is a kafka-go record being written by sdk-go's binding.Write.
-type kafkaMessage struct {
-	*kafka.Message
-	// values backs the header values, so that a record costs one or two
-	// allocations for all of them.
-	values []byte
-}
-
 // kafkaHeaderNames avoids building "ce_"+name for the attributes and
-// extensions every event has.
+// extensions every event has; datacontenttype is the content-type header.
 var kafkaHeaderNames = func() map[string]string {
 	m := map[string]string{}
 	for n := range natsHeaderNames {
 		m[n] = kafkaHeaderPrefix + n
 	}
+	m["datacontenttype"] = kafkaContentType
 	return m
 }()
 
-var (
-	_ binding.StructuredWriter = (*kafkaMessage)(nil)
-	_ binding.BinaryWriter     = (*kafkaMessage)(nil)
-)
-
-func (m *kafkaMessage) SetStructuredEvent(_ context.Context, f format.Format, event io.Reader) error {
-	m.Headers = append(m.Headers[:0], kafka.Header{Key: kafkaContentType, Value: []byte(structuredMediaType(f))})
-	var err error
-	m.Value, err = readBody(event)
-	return err
-}
-
-func (m *kafkaMessage) Start(context.Context) error {
-	m.Headers = make([]kafka.Header, 0, natsHeaderDefault)
-	return nil
-}
-
-func (m *kafkaMessage) SetAttribute(a spec.Attribute, value any) error {
-	if a.Kind() == spec.DataContentType {
-		return m.set(kafkaContentType, value)
+func kafkaHeaderName(attribute string) string {
+	if h, ok := kafkaHeaderNames[attribute]; ok {
+		return h
 	}
-	return m.SetExtension(a.Name(), value)
+	return kafkaHeaderPrefix + attribute
 }
-
-func (m *kafkaMessage) SetExtension(name string, value any) error {
-	key, ok := kafkaHeaderNames[name]
-	if !ok {
-		key = kafkaHeaderPrefix + name
-	}
-	return m.set(key, value)
-}
-
-func (m *kafkaMessage) set(key string, value any) error {
-	for i, h := range m.Headers {
-		if h.Key == key {
-			m.Headers = append(m.Headers[:i], m.Headers[i+1:]...)
-			break
-		}
-	}
-	if value == nil {
-		return nil
-	}
-	s, err := types.Format(value)
-	if err != nil {
-		return fmt.Errorf("attribute %s: %w", key, err)
-	}
-	if m.values == nil {
-		m.values = make([]byte, 0, 512)
-	}
-	start := len(m.values)
-	m.values = append(m.values, s...)
-	end := len(m.values)
-	m.Headers = append(m.Headers, kafka.Header{Key: key, Value: m.values[start:end:end]})
-	return nil
-}
-
-func (m *kafkaMessage) SetData(data io.Reader) error {
-	var err error
-	m.Value, err = readBody(data)
-	return err
-}
-
-func (m *kafkaMessage) End(context.Context) error { return nil }

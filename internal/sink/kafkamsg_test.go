@@ -1,7 +1,6 @@
 package sink
 
 import (
-	"context"
 	"encoding/json"
 	"strings"
 	"testing"
@@ -12,7 +11,7 @@ import (
 
 func TestEncodeKafkaBinary(t *testing.T) {
 	e := trickyEvent(t)
-	m, err := encodeKafka(context.Background(), "topic-a", Binary, &e)
+	m, err := encodeKafka("topic-a", Binary, &e)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -62,7 +61,7 @@ func TestEncodeKafkaBinary(t *testing.T) {
 
 func TestEncodeKafkaStructured(t *testing.T) {
 	e := trickyEvent(t)
-	m, err := encodeKafka(context.Background(), "topic-a", Structured, &e)
+	m, err := encodeKafka("topic-a", Structured, &e)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -87,7 +86,7 @@ func TestEncodeKafkaNoPartitionKey(t *testing.T) {
 	e.SetID("1")
 	e.SetSource("s")
 	e.SetType("t")
-	m, err := encodeKafka(context.Background(), "t", Binary, &e)
+	m, err := encodeKafka("t", Binary, &e)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -47,7 +47,7 @@ func (s *NATS) Send(ctx context.Context, t Target, e ce.Event) error {
 		return err
 	}
 	defer s.inflight.done()
-	m, err := encodeNATS(ctx, t.Subject, t.Mode, &e)
+	m, err := encodeNATS(t.Subject, t.Mode, &e)
 	if err != nil {
 		return err
 	}

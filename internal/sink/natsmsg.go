@@ -1,17 +1,10 @@
 package sink
 
 import (
-	"bytes"
-	"context"
 	"fmt"
-	"io"
 	"strings"
 
-	"github.com/cloudevents/sdk-go/v2/binding"
-	"github.com/cloudevents/sdk-go/v2/binding/format"
-	"github.com/cloudevents/sdk-go/v2/binding/spec"
 	ce "github.com/cloudevents/sdk-go/v2/event"
-	"github.com/cloudevents/sdk-go/v2/types"
 	"github.com/nats-io/nats.go"
 
 	"github.com/depbridge/depbridge/internal/event"
@@ -25,51 +18,43 @@ import (
 // by ce-specversion and does not percent-encode, sdk-go#1334) and core NATS
 // in sdk-go has no binary mode at all (sdk-go#814), hence this writer.
 const (
-	natsHeaderPrefix  = "ce-"
-	natsContentType   = "Content-Type"
-	structuredJSONCT  = ce.ApplicationCloudEventsJSON + "; charset=UTF-8"
-	natsHeaderDefault = 12
+	natsHeaderPrefix = "ce-"
+	natsContentType  = "Content-Type"
+	// natsExtraHeaders is room left in a message's header map for the
+	// JetStream sink's Nats-Msg-Id and Nats-Expected-Stream.
+	natsExtraHeaders = 2
 )
 
-// encodeNATS writes e onto a new NATS message for subject in mode.
-func encodeNATS(ctx context.Context, subject string, mode Mode, e *ce.Event) (*nats.Msg, error) {
+// encodeNATS writes e onto a new NATS message for subject in mode. The
+// message shares e's data; neither may be modified afterwards.
+func encodeNATS(subject string, mode Mode, e *ce.Event) (*nats.Msg, error) {
 	m := &nats.Msg{Subject: subject}
-	w := &natsMessage{Msg: m}
-	var err error
 	if mode == Structured {
-		_, err = binding.Write(ctx, binding.ToMessage(e), w, nil)
-	} else {
-		_, err = binding.Write(ctx, binding.ToMessage(e), nil, w)
+		body, err := structuredJSON(e)
+		if err != nil {
+			return nil, fmt.Errorf("encode event %s for NATS (%s mode): %w", e.ID(), mode, err)
+		}
+		m.Header = make(nats.Header, 1+natsExtraHeaders)
+		m.Header[natsContentType] = []string{structuredJSONCT}
+		m.Data = body
+		return m, nil
 	}
+	var stack [maxAttributes]attribute
+	attrs, err := attributes(e, stack[:0])
 	if err != nil {
 		return nil, fmt.Errorf("encode event %s for NATS (%s mode): %w", e.ID(), mode, err)
 	}
+	m.Header = make(nats.Header, len(attrs)+natsExtraHeaders)
+	// One backing array for the one-element value slices of all headers.
+	values := make([]string, len(attrs))
+	for i, a := range attrs {
+		values[i] = percentEncode(a.value)
+		m.Header[natsHeaderName(a.name)] = values[i : i+1 : i+1]
+	}
+	if len(e.DataEncoded) > 0 {
+		m.Data = e.DataEncoded
+	}
 	return m, nil
-}
-
-// natsMessage is a NATS message being written by sdk-go's binding.Write.
-type natsMessage struct {
-	*nats.Msg
-	// values backs the one-element value slices of the headers, so that a
-	// message costs one allocation for all of them.
-	values []string
-}
-
-var (
-	_ binding.StructuredWriter = (*natsMessage)(nil)
-	_ binding.BinaryWriter     = (*natsMessage)(nil)
-)
-
-func (m *natsMessage) SetStructuredEvent(_ context.Context, f format.Format, event io.Reader) error {
-	m.Header = nats.Header{natsContentType: {structuredMediaType(f)}}
-	var err error
-	m.Data, err = readBody(event)
-	return err
-}
-
-func (m *natsMessage) Start(context.Context) error {
-	m.Header = make(nats.Header, natsHeaderDefault)
-	return nil
 }
 
 // natsHeaderNames avoids building "ce-"+name for the attributes and
@@ -85,66 +70,11 @@ var natsHeaderNames = func() map[string]string {
 	return m
 }()
 
-func (m *natsMessage) SetAttribute(a spec.Attribute, value any) error {
-	return m.set(a.Name(), value)
-}
-
-func (m *natsMessage) SetExtension(name string, value any) error {
-	return m.set(name, value)
-}
-
-func (m *natsMessage) set(name string, value any) error {
-	key, ok := natsHeaderNames[name]
-	if !ok {
-		key = natsHeaderPrefix + name
+func natsHeaderName(attribute string) string {
+	if h, ok := natsHeaderNames[attribute]; ok {
+		return h
 	}
-	if value == nil {
-		delete(m.Header, key)
-		return nil
-	}
-	s, err := types.Format(value)
-	if err != nil {
-		return fmt.Errorf("attribute %s: %w", name, err)
-	}
-	if m.values == nil {
-		m.values = make([]string, 0, natsHeaderDefault)
-	}
-	m.values = append(m.values, percentEncode(s))
-	n := len(m.values)
-	m.Header[key] = m.values[n-1 : n : n]
-	return nil
-}
-
-func (m *natsMessage) SetData(data io.Reader) error {
-	var err error
-	m.Data, err = readBody(data)
-	return err
-}
-
-func (m *natsMessage) End(context.Context) error { return nil }
-
-// structuredMediaType is the content type of a structured message: the
-// format's media type, with the charset the Kafka and NATS bindings show
-// for JSON.
-func structuredMediaType(f format.Format) string {
-	if f.MediaType() == ce.ApplicationCloudEventsJSON {
-		return structuredJSONCT
-	}
-	return f.MediaType()
-}
-
-// readBody returns the bytes of r without copying them when r is the
-// *bytes.Buffer that sdk-go passes for binary data.
-func readBody(r io.Reader) ([]byte, error) {
-	switch b := r.(type) {
-	case *bytes.Buffer:
-		return b.Bytes(), nil
-	case *bytes.Reader:
-		out := make([]byte, b.Len())
-		_, err := io.ReadFull(b, out)
-		return out, err
-	}
-	return io.ReadAll(r)
+	return natsHeaderPrefix + attribute
 }
 
 // percentEncode encodes s for a NATS (or HTTP) header value as the

@@ -1,7 +1,6 @@
 package sink
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"maps"
@@ -97,7 +96,7 @@ func TestPercentDecode(t *testing.T) {
 
 func TestEncodeNATSBinary(t *testing.T) {
 	e := trickyEvent(t)
-	m, err := encodeNATS(context.Background(), "subj.a", Binary, &e)
+	m, err := encodeNATS("subj.a", Binary, &e)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -154,7 +153,7 @@ func TestEncodeNATSBinary(t *testing.T) {
 
 func TestEncodeNATSStructured(t *testing.T) {
 	e := trickyEvent(t)
-	m, err := encodeNATS(context.Background(), "subj.a", Structured, &e)
+	m, err := encodeNATS("subj.a", Structured, &e)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -294,7 +293,7 @@ func FuzzNATSHeaders(f *testing.F) {
 		e.SetSource("s")
 		e.SetType("t")
 		e.SetSubject(s)
-		m, err := encodeNATS(context.Background(), "a", Binary, &e)
+		m, err := encodeNATS("a", Binary, &e)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -372,4 +371,20 @@ func unhex(c byte) (byte, bool) {
 		return c - 'A' + 10, true
 	}
 	return 0, false
+}
+
+// TestEncodeBinaryNeedsSpecVersion1 checks that binary mode refuses an
+// event of another spec version rather than writing 1.0 headers for it
+// (the bridge builds 1.0 events only).
+func TestEncodeBinaryNeedsSpecVersion1(t *testing.T) {
+	e := ce.New(ce.CloudEventsVersionV03)
+	e.SetID("1")
+	e.SetSource("s")
+	e.SetType("t")
+	if _, err := encodeNATS("a", Binary, &e); err == nil || !strings.Contains(err.Error(), `specversion "0.3"`) {
+		t.Errorf("encodeNATS of a 0.3 event: %v", err)
+	}
+	if _, err := encodeKafka("a", Binary, &e); err == nil || !strings.Contains(err.Error(), `specversion "0.3"`) {
+		t.Errorf("encodeKafka of a 0.3 event: %v", err)
+	}
 }

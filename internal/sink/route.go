@@ -44,8 +44,21 @@ type Route struct {
 // part of a simple template: a literal, or a field when field is set.
 type part struct {
 	literal string
-	field   func(*SubjectFields) string
+	field   field
 }
+
+// field names one of SubjectFields; noField is a literal part.
+type field int
+
+const (
+	noField field = iota
+	fieldGroup
+	fieldVersion
+	fieldKind
+	fieldNamespace
+	fieldName
+	fieldSelector
+)
 
 // syntax is what a rendered subject must be.
 type syntax int
@@ -125,23 +138,56 @@ func (r *Route) render(watcher cache.Ref) (string, error) {
 		Group: EscapeToken(watcher.Group), Version: EscapeToken(watcher.Version), Kind: EscapeToken(watcher.Kind),
 		Namespace: EscapeToken(watcher.Namespace), Name: EscapeToken(watcher.Name), Selector: EscapeToken(watcher.Selector),
 	}
-	var b strings.Builder
+	var subject string
 	if r.parts != nil {
+		var stack [256]byte
+		b := stack[:0]
 		for _, p := range r.parts {
-			if p.field != nil {
-				b.WriteString(p.field(&f))
+			if p.field != noField {
+				b = append(b, f.get(p.field)...)
 			} else {
-				b.WriteString(p.literal)
+				b = append(b, p.literal...)
 			}
 		}
-	} else if err := r.tmpl.Execute(&b, &f); err != nil {
-		return "", err
+		subject = string(b)
+	} else {
+		var err error
+		if subject, err = execute(r.tmpl, f); err != nil {
+			return "", err
+		}
 	}
-	subject := b.String()
 	if err := r.syntax.validate(subject); err != nil {
 		return "", err
 	}
 	return subject, nil
+}
+
+// execute runs t over f. It takes f by value so that only templates that
+// need reflection pay for f on the heap.
+func execute(t *template.Template, f SubjectFields) (string, error) {
+	var b strings.Builder
+	if err := t.Execute(&b, &f); err != nil {
+		return "", err
+	}
+	return b.String(), nil
+}
+
+func (f *SubjectFields) get(i field) string {
+	switch i {
+	case fieldGroup:
+		return f.Group
+	case fieldVersion:
+		return f.Version
+	case fieldKind:
+		return f.Kind
+	case fieldNamespace:
+		return f.Namespace
+	case fieldName:
+		return f.Name
+	case fieldSelector:
+		return f.Selector
+	}
+	return ""
 }
 
 // Pattern is the set of subjects the route can produce, as a NATS subject
@@ -181,13 +227,9 @@ func (r *Route) pattern() (string, error) {
 }
 
 // fields are the SubjectFields a simple template can name.
-var fields = map[string]func(*SubjectFields) string{
-	"Group":     func(f *SubjectFields) string { return f.Group },
-	"Version":   func(f *SubjectFields) string { return f.Version },
-	"Kind":      func(f *SubjectFields) string { return f.Kind },
-	"Namespace": func(f *SubjectFields) string { return f.Namespace },
-	"Name":      func(f *SubjectFields) string { return f.Name },
-	"Selector":  func(f *SubjectFields) string { return f.Selector },
+var fields = map[string]field{
+	"Group": fieldGroup, "Version": fieldVersion, "Kind": fieldKind,
+	"Namespace": fieldNamespace, "Name": fieldName, "Selector": fieldSelector,
 }
 
 // compile returns the parts of t when it is only text and {{.Field}}
@@ -206,7 +248,7 @@ func compile(t *template.Template) []part {
 				return nil
 			}
 			fn, ok := n.Pipe.Cmds[0].Args[0].(*parse.FieldNode)
-			if !ok || len(fn.Ident) != 1 || fields[fn.Ident[0]] == nil {
+			if !ok || len(fn.Ident) != 1 || fields[fn.Ident[0]] == noField {
 				return nil
 			}
 			parts = append(parts, part{field: fields[fn.Ident[0]]})

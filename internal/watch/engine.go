@@ -24,7 +24,11 @@ import (
 type Options struct {
 	// Logger receives the engine's logs. Defaults to discarding them.
 	Logger *slog.Logger
-	// Workers reconcile different watchers concurrently. Defaults to 4.
+	// Workers reconcile different watchers concurrently. A reconcile that
+	// publishes holds its worker until the broker acknowledges the event,
+	// so workers bound the events in flight: throughput is about workers /
+	// ack latency. Workers are goroutines that mostly wait. Defaults to 256
+	// (config.DefaultWorkers).
 	Workers int
 	// RateLimiter spaces the retries of a watcher whose reconcile failed.
 	// Defaults to per-watcher exponential backoff from 5ms to 30s: never
@@ -195,7 +199,7 @@ func NewWithClients(dyn dynamic.Interface, meta metadata.Interface, disc discove
 		opts.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 	if opts.Workers <= 0 {
-		opts.Workers = 4
+		opts.Workers = 256
 	}
 	if opts.RateLimiter == nil {
 		opts.RateLimiter = workqueue.NewTypedItemExponentialFailureRateLimiter[cache.Ref](5*time.Millisecond, 30*time.Second)
