@@ -174,6 +174,11 @@ func (t *NATS) Start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("control: subscribe to %s: %w", t.querySubject, err)
 	}
+	// The server must know of the subscription before Synced is closed, or
+	// a query sent as soon as the bridge is ready finds no responder.
+	if err := nc.FlushTimeout(10 * time.Second); err != nil {
+		return fmt.Errorf("control: subscribe to %s: %w", t.querySubject, err)
+	}
 	t.log.Info("control channel started", "subject", t.filter, "queries", t.querySubject, "replay", info.State.Msgs)
 
 	runCtx, cancel := context.WithCancel(ctx)

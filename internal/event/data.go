@@ -95,8 +95,14 @@ func appendRefJSON(b []byte, r *cache.Ref) []byte {
 // appendCauseJSON writes a watch.Cause as encoding/json does, following its
 // struct tags; TestDataJSONFields fails when the type gains a field.
 func appendCauseJSON(b []byte, c *watch.Cause) []byte {
-	b = append(b, `{"watched":`...)
-	b = appendRefJSON(b, &c.Watched)
+	// Every field is written with a leading comma; the first one's is
+	// dropped at the end (op is always there, so there is a first).
+	start := len(b)
+	b = append(b, '{')
+	if c.Watched != (cache.Ref{}) { // omitzero
+		b = append(b, `,"watched":`...)
+		b = appendRefJSON(b, &c.Watched)
+	}
 	if c.Namespace != "" {
 		b = appendFieldJSON(b, `,"namespace":`, c.Namespace)
 	}
@@ -113,7 +119,8 @@ func appendCauseJSON(b []byte, c *watch.Cause) []byte {
 	if c.Reason != "" {
 		b = appendFieldJSON(b, `,"reason":`, c.Reason)
 	}
-	return append(b, '}')
+	b = append(b, '}')
+	return append(b[:start+1], b[start+2:]...) // the first field's comma
 }
 
 func appendFieldJSON(b []byte, name, value string) []byte {

@@ -33,7 +33,8 @@ func TestDataJSONMatchesEncodingJSON(t *testing.T) {
 		"no causes": {Watcher: watcherCM},
 		"empty causes, truncated": {Watcher: cache.Ref{Group: "x.io", Version: "v1", Kind: "K", Selector: "*"},
 			Causes: []watch.Cause{}, Truncated: 7},
-		"lost": {Watcher: watcherCM, Causes: []watch.Cause{{Watched: watchedD, Op: watch.OpLost, Reason: "kind removed"}}},
+		"lost":   {Watcher: watcherCM, Causes: []watch.Cause{{Watched: watchedD, Op: watch.OpLost, Reason: "kind removed"}}},
+		"resync": {Watcher: watcherCM, Causes: []watch.Cause{{Op: watch.OpResync}, {Watched: watchedD, Namespace: "n", Name: "d", Op: watch.OpInitial}}},
 		"every field needs escaping": {
 			Watcher: cache.Ref{Group: tricky, Version: tricky, Kind: tricky, Namespace: tricky, Name: tricky, Selector: tricky},
 			Causes: []watch.Cause{{
@@ -76,7 +77,7 @@ func TestDataJSONFields(t *testing.T) {
 		"cache.Ref": {reflect.TypeFor[cache.Ref](), []string{
 			"group,omitempty", "version", "kind", "namespace,omitempty", "name,omitempty", "selector,omitempty"}},
 		"watch.Cause": {reflect.TypeFor[watch.Cause](), []string{
-			"watched", "namespace,omitempty", "name,omitempty", "uid,omitempty", "resourceVersion,omitempty", "op", "reason,omitempty"}},
+			"watched,omitzero", "namespace,omitempty", "name,omitempty", "uid,omitempty", "resourceVersion,omitempty", "op", "reason,omitempty"}},
 		"Data": {reflect.TypeFor[Data](), []string{"watcher", "causes", "truncated", "objects,omitempty"}},
 	}
 	for name, tt := range tests {

@@ -24,7 +24,7 @@ func TestDecodeNATSRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, mode := range []Mode{Binary, Structured} {
-		m, err := encodeNATS(context.Background(), "s", mode, &e)
+		m, err := encodeNATS("s", mode, &e)
 		if err != nil {
 			t.Fatal(err)
 		}
