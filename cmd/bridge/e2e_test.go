@@ -215,10 +215,17 @@ subscriptions:
 	if _, err := cs.CoreV1().ConfigMaps("default").Update(ctx, cm, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	waitMsgs(2)
-	msg, err := stream.GetMsg(ctx, 2)
-	if err != nil {
-		t.Fatal(err)
+	// The update's event (the start-up resync may be an event of its own).
+	var msg *jetstream.RawStreamMsg
+	for seq := uint64(1); msg == nil; seq++ {
+		waitMsgs(seq)
+		m, err := stream.GetMsg(ctx, seq)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.Contains(string(m.Data), `"op":"modified"`) {
+			msg = m
+		}
 	}
 	for _, want := range []string{`"type":"io.depbridge.reconcile.v1"`, `"subject":"apps/v1/Deployment/default/app"`, `"op":"modified"`, `"source":"depbridge://e2e/`} {
 		if !strings.Contains(string(msg.Data), want) {
