@@ -8,10 +8,12 @@
 package event
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
 	"fmt"
+	"slices"
 	"strings"
 	"sync/atomic"
 
@@ -159,26 +161,64 @@ func source(cluster, instance string) types.URIRef {
 
 // ID is the deterministic event id of req in cluster: the first 128 bits,
 // in hex, of a SHA-256 over a length-prefixed encoding of the cluster, the
-// watcher, Truncated and every cause in order. The cluster is included
+// watcher, Truncated and the set of its causes. The cluster is included
 // because JetStream deduplicates by id across the whole stream, whichever
 // source published.
+//
+// A cause counts by the object version it reports, not by how it was
+// learned: its watched Ref, object, UID, resourceVersion, and whether the
+// object is in the Ref's set at that version (not for deleted, left, or
+// relisted with no resourceVersion). So a retry carries the same id, and
+// so does a re-announcement after a restart of exactly the versions an
+// earlier event announced (a relisted cause for what was a modified one),
+// which JetStream's duplicate window then drops. A deletion never shares
+// an id with the modification before it. Causes with no object (lost,
+// resync) count by op and reason. Order does not matter.
 func ID(cluster string, req watch.Request) string {
 	var stack [1024]byte
-	b := appendStr(stack[:0], "depbridge.reconcile.v1")
+	b := appendStr(stack[:0], "depbridge.reconcile.v2")
 	b = appendStr(b, cluster)
 	b = appendRef(b, req.Watcher)
 	b = binary.AppendUvarint(b, uint64(req.Truncated))
-	for _, c := range req.Causes {
-		b = appendRef(b, c.Watched)
-		b = appendStr(b, c.Namespace)
-		b = appendStr(b, c.Name)
-		b = appendStr(b, string(c.UID))
-		b = appendStr(b, c.ResourceVersion)
-		b = appendStr(b, string(c.Op))
-		b = appendStr(b, c.Reason)
+	switch len(req.Causes) {
+	case 0:
+	case 1:
+		b = appendCauseKey(b, &req.Causes[0])
+	default:
+		keys := make([][]byte, len(req.Causes))
+		for i := range req.Causes {
+			keys[i] = appendCauseKey(nil, &req.Causes[i])
+		}
+		slices.SortFunc(keys, bytes.Compare)
+		for i, k := range keys {
+			if i > 0 && bytes.Equal(k, keys[i-1]) {
+				continue // a set
+			}
+			b = append(b, k...)
+		}
 	}
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:16])
+}
+
+// appendCauseKey encodes what identifies a cause for ID.
+func appendCauseKey(b []byte, c *watch.Cause) []byte {
+	b = appendRef(b, c.Watched)
+	if c.Name == "" { // lost, resync
+		b = append(b, 0)
+		b = appendStr(b, string(c.Op))
+		return appendStr(b, c.Reason)
+	}
+	b = append(b, 1)
+	b = appendStr(b, c.Namespace)
+	b = appendStr(b, c.Name)
+	b = appendStr(b, string(c.UID))
+	b = appendStr(b, c.ResourceVersion)
+	gone := c.Op == watch.OpDeleted || c.Op == watch.OpLeft || (c.Op == watch.OpRelisted && c.ResourceVersion == "")
+	if gone {
+		return append(b, 0)
+	}
+	return append(b, 1)
 }
 
 // appendStr appends s with its length first, so that no two sequences of

@@ -157,9 +157,44 @@ func TestIDIsDeterministic(t *testing.T) {
 		t.Errorf("id depends on objects or instance: %s, %s, %s", id, e1.ID(), e2.ID())
 	}
 
+	// The same object versions, learned another way or listed in another
+	// order (a relist after a restart re-announcing what was delivered):
+	// the same id, so that JetStream drops the re-announcement.
+	same := map[string]func(*watch.Request){
+		"causes reordered":      func(r *watch.Request) { slices.Reverse(r.Causes) },
+		"relisted, not changed": func(r *watch.Request) { r.Causes[0].Op, r.Causes[1].Op = watch.OpRelisted, watch.OpRelisted },
+		"a cause twice":         func(r *watch.Request) { r.Causes = append(r.Causes, r.Causes[0]) },
+	}
+	for name, change := range same {
+		t.Run(name, func(t *testing.T) {
+			r := request()
+			change(&r)
+			if got := ID("c", r); got != id {
+				t.Errorf("the same object versions, a different id %s (want %s)", got, id)
+			}
+		})
+	}
+
+	lost := request()
+	lost.Causes = []watch.Cause{{Watched: watchedS, Op: watch.OpLost, Reason: "kind removed"}}
+	lostID := ID("c", lost)
+	lost.Causes[0].Reason = "forbidden"
+	if ID("c", lost) == lostID {
+		t.Error("lost causes with different reasons share an id")
+	}
+	resync := request()
+	resync.Causes = []watch.Cause{{Op: watch.OpResync}}
+	if ID("c", resync) == lostID || ID("c", resync) == id {
+		t.Error("a resync shares an id")
+	}
+
 	differ := map[string]func(*watch.Request) (cluster string){
-		"cluster":           func(*watch.Request) string { return "d" },
-		"causes reordered":  func(r *watch.Request) string { slices.Reverse(r.Causes); return "c" },
+		"cluster":              func(*watch.Request) string { return "d" },
+		"deleted, not changed": func(r *watch.Request) string { r.Causes[0].Op = watch.OpDeleted; return "c" },
+		"gone in a relist": func(r *watch.Request) string {
+			r.Causes[0].Op, r.Causes[0].ResourceVersion = watch.OpRelisted, ""
+			return "c"
+		},
 		"cause dropped":     func(r *watch.Request) string { r.Causes = r.Causes[:1]; return "c" },
 		"no causes":         func(r *watch.Request) string { r.Causes = nil; return "c" },
 		"resourceVersion":   func(r *watch.Request) string { r.Causes[0].ResourceVersion = "43"; return "c" },
@@ -168,7 +203,6 @@ func TestIDIsDeterministic(t *testing.T) {
 		"watcher":           func(r *watch.Request) string { r.Watcher.Name = "other"; return "c" },
 		"field boundaries":  func(r *watch.Request) string { r.Causes[0].Namespace, r.Causes[0].Name = "appsd", "b"; return "c" },
 		"watched selector":  func(r *watch.Request) string { r.Causes[1].Watched.Selector = "tier=db"; return "c" },
-		"lost reason":       func(r *watch.Request) string { r.Causes[0].Reason = "forbidden"; return "c" },
 		"uid":               func(r *watch.Request) string { r.Causes[0].UID = "u-9"; return "c" },
 		"watched namespace": func(r *watch.Request) string { r.Causes[0].Watched.Namespace = ""; return "c" },
 	}
