@@ -22,7 +22,7 @@ type Engine interface {
 type Collector struct {
 	e Engine
 
-	watchers, watched, streams, pending, objects, queued, oldest, sources *prometheus.Desc
+	watchers, watched, streams, pending, objects, queued, oldest, sources, lists *prometheus.Desc
 }
 
 // NewCollector returns a collector for e.
@@ -40,12 +40,13 @@ func NewCollector(e Engine) *Collector {
 		queued:   d("queue_pending_watchers", "Watchers with a reconcile request not yet acknowledged."),
 		oldest:   d("queue_oldest_pending_seconds", "Age of the oldest reconcile request not yet acknowledged."),
 		sources:  d("sources", "List+watch sources by state.", "state"),
+		lists:    d("source_lists", "Lists stored by the running sources: one at start, one per relist (after 410 Gone or a restart of the API server)."),
 	}
 }
 
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.watchers, c.watched, c.streams, c.pending, c.objects, c.queued, c.oldest, c.sources} {
+	for _, d := range []*prometheus.Desc{c.watchers, c.watched, c.streams, c.pending, c.objects, c.queued, c.oldest, c.sources, c.lists} {
 		ch <- d
 	}
 }
@@ -64,9 +65,12 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	g(c.queued, float64(st.Queued))
 	g(c.oldest, st.OldestQueued.Seconds())
 	states := map[watch.SourceState]int{watch.StatePending: 0, watch.StateSyncing: 0, watch.StateActive: 0, watch.StateRestarting: 0}
+	lists := 0
 	for _, s := range c.e.Sources() {
 		states[s.State]++
+		lists += s.Lists
 	}
+	g(c.lists, float64(lists))
 	for s, n := range states {
 		g(c.sources, float64(n), string(s))
 	}

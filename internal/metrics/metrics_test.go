@@ -23,7 +23,7 @@ func (f fakeEngine) Sources() []watch.SourceStatus { return f.src }
 func TestCollector(t *testing.T) {
 	e := fakeEngine{
 		st:  watch.Stats{Watchers: 3, Watched: 7, Streams: 2, Pending: 1, Objects: 40, Queued: 5, OldestQueued: 1500 * time.Millisecond},
-		src: []watch.SourceStatus{{State: watch.StateActive}, {State: watch.StateActive}, {State: watch.StateRestarting}, {State: watch.StatePending}},
+		src: []watch.SourceStatus{{State: watch.StateActive, Lists: 1}, {State: watch.StateActive, Lists: 3}, {State: watch.StateRestarting, Lists: 1}, {State: watch.StatePending}},
 	}
 	reg := prometheus.NewPedanticRegistry()
 	if err := reg.Register(NewCollector(e)); err != nil {
@@ -36,6 +36,9 @@ depbridge_api_streams 2
 # HELP depbridge_queue_oldest_pending_seconds Age of the oldest reconcile request not yet acknowledged.
 # TYPE depbridge_queue_oldest_pending_seconds gauge
 depbridge_queue_oldest_pending_seconds 1.5
+# HELP depbridge_source_lists Lists stored by the running sources: one at start, one per relist (after 410 Gone or a restart of the API server).
+# TYPE depbridge_source_lists gauge
+depbridge_source_lists 5
 # HELP depbridge_sources List+watch sources by state.
 # TYPE depbridge_sources gauge
 depbridge_sources{state="active"} 2
@@ -47,11 +50,11 @@ depbridge_sources{state="syncing"} 0
 depbridge_watched_refs 7
 `
 	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "depbridge_api_streams", "depbridge_queue_oldest_pending_seconds",
-		"depbridge_sources", "depbridge_watched_refs"); err != nil {
+		"depbridge_source_lists", "depbridge_sources", "depbridge_watched_refs"); err != nil {
 		t.Fatal(err)
 	}
-	if n, err := testutil.GatherAndCount(reg); err != nil || n != 11 {
-		t.Fatalf("%d series, %v; want 11", n, err)
+	if n, err := testutil.GatherAndCount(reg); err != nil || n != 12 {
+		t.Fatalf("%d series, %v; want 12", n, err)
 	}
 }
 
