@@ -208,6 +208,8 @@ func (b *Bridge) run(ctx context.Context) error {
 	subs := newSubscriptions(nil, routes, b.log)
 	if cp != nil {
 		subs.forget = cp.Forget
+	} else {
+		subs.resyncPending = true
 	}
 	var engine *watch.Engine
 	rec, err := publish.New(publish.Options{

@@ -58,6 +58,9 @@ type subscriptions struct {
 	// forget, if set, is told of every watcher removed (its checkpoint
 	// record goes).
 	forget func(cache.Ref)
+	// resyncPending: the bridge keeps no checkpoints and has not sent its
+	// start-up resync yet (guarded by regMu).
+	resyncPending bool
 
 	regMu sync.Mutex // serialises changes
 
@@ -94,10 +97,12 @@ func (s *subscriptions) Route(w cache.Ref) (*sink.Route, error) {
 	return nil, fmt.Errorf("%w: watcher %s has no subscription any more", watch.ErrTerminal, w.Key())
 }
 
-// watchOptions are the engine settings of a subscription.
-func watchOptions(sub config.Subscription, r *sink.Route) watch.WatcherOptions {
+// watchOptions are the engine settings of a subscription. Until the
+// start-up resync has been sent, no initial reconcile is: the resync
+// reconciles every watcher once, initial or not.
+func (s *subscriptions) watchOptions(sub config.Subscription, r *sink.Route) watch.WatcherOptions {
 	return watch.WatcherOptions{
-		NoInitial: sub.InitialReconcile != nil && !*sub.InitialReconcile,
+		NoInitial: s.resyncPending || (sub.InitialReconcile != nil && !*sub.InitialReconcile),
 		Objects:   r.IncludeObjects,
 		Debounce:  sub.Debounce.Duration,
 	}
@@ -114,7 +119,7 @@ func (s *subscriptions) register(ctx context.Context, sub config.Subscription, o
 	// The route is set first: the engine may hand the watcher's first
 	// request to a worker before Subscribe returns.
 	restore := s.setEntry(sub.Watcher, entry{sub: sub, route: r, origin: o})
-	if err := s.e.Subscribe(ctx, watch.Subscription{Watcher: sub.Watcher, Watched: sub.Watched, Options: watchOptions(sub, r)}); err != nil {
+	if err := s.e.Subscribe(ctx, watch.Subscription{Watcher: sub.Watcher, Watched: sub.Watched, Options: s.watchOptions(sub, r)}); err != nil {
 		restore()
 		return err
 	}
@@ -154,7 +159,11 @@ func (s *subscriptions) remove(w cache.Ref) error {
 
 // resyncAll queues one request for every registered watcher: without a
 // checkpoint store, the bridge cannot tell what changed while it was down.
+// Registrations made before it skipped their initial reconcile; later ones
+// do not.
 func (s *subscriptions) resyncAll() {
+	s.regMu.Lock()
+	defer s.regMu.Unlock()
 	s.mu.RLock()
 	ws := slices.Collect(maps.Keys(s.subs))
 	s.mu.RUnlock()
@@ -163,6 +172,8 @@ func (s *subscriptions) resyncAll() {
 			s.log.Error("resync", "watcher", w.Key(), "error", err)
 		}
 	}
+	s.resyncPending = false
+	s.log.Info("no checkpoint store: every watcher resynced", "watchers", len(ws))
 }
 
 // setFile makes the file's subscriptions (validated, canonical) those the
@@ -311,7 +322,7 @@ func (s *subscriptions) Query(ctx context.Context, w cache.Ref, route string, in
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
 	restore := s.setEntry(sub.Watcher, entry{sub: sub, route: r, origin: fromControl})
-	res, err := s.e.Query(ctx, sub.Watcher, watchOptions(sub, r), sub.Watched)
+	res, err := s.e.Query(ctx, sub.Watcher, s.watchOptions(sub, r), sub.Watched)
 	if err != nil {
 		restore()
 		return nil, invalid(err)
