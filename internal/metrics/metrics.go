@@ -64,7 +64,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	g(c.objects, float64(st.Objects))
 	g(c.queued, float64(st.Queued))
 	g(c.oldest, st.OldestQueued.Seconds())
-	states := map[watch.SourceState]int{watch.StatePending: 0, watch.StateSyncing: 0, watch.StateActive: 0, watch.StateRestarting: 0}
+	states := map[watch.SourceState]int{watch.StatePending: 0, watch.StateSyncing: 0, watch.StateActive: 0, watch.StateRestarting: 0, watch.StateFailed: 0}
 	lists := 0
 	for _, s := range c.e.Sources() {
 		states[s.State]++

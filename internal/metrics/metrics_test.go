@@ -42,6 +42,7 @@ depbridge_source_lists 5
 # HELP depbridge_sources List+watch sources by state.
 # TYPE depbridge_sources gauge
 depbridge_sources{state="active"} 2
+depbridge_sources{state="failed"} 0
 depbridge_sources{state="pending"} 1
 depbridge_sources{state="restarting"} 1
 depbridge_sources{state="syncing"} 0
@@ -53,8 +54,8 @@ depbridge_watched_refs 7
 		"depbridge_source_lists", "depbridge_sources", "depbridge_watched_refs"); err != nil {
 		t.Fatal(err)
 	}
-	if n, err := testutil.GatherAndCount(reg); err != nil || n != 12 {
-		t.Fatalf("%d series, %v; want 12", n, err)
+	if n, err := testutil.GatherAndCount(reg); err != nil || n != 13 {
+		t.Fatalf("%d series, %v; want 13", n, err)
 	}
 }
 

@@ -115,11 +115,17 @@ type Engine struct {
 	refs     map[cache.Ref]*refState
 	kinds    map[schema.GroupVersionResource]*kindState
 	pending  map[schema.GroupVersionKind]map[*refState]struct{}
-	changed  chan struct{} // closed and replaced when a source or ref changes state
+	changed  chan struct{}              // closed and replaced when a source or ref changes state
+	failed   map[failedKey]SourceStatus // sources stopped for good, until restarted
 	crd      *crdWatch
 	// crdForbidden: may not watch CRDs; pending kinds are only polled.
 	crdForbidden bool
 	srcWG        sync.WaitGroup
+}
+
+type failedKey struct {
+	gvr schema.GroupVersionResource
+	ns  string
 }
 
 type runState int
@@ -232,6 +238,7 @@ func NewWithClients(dyn dynamic.Interface, meta metadata.Interface, disc discove
 		refs:      map[cache.Ref]*refState{},
 		kinds:     map[schema.GroupVersionResource]*kindState{},
 		pending:   map[schema.GroupVersionKind]map[*refState]struct{}{},
+		failed:    map[failedKey]SourceStatus{},
 		changed:   make(chan struct{}),
 	}
 }
@@ -318,6 +325,7 @@ func (e *Engine) teardownLocked() {
 	clear(e.refs)
 	clear(e.kinds)
 	clear(e.pending)
+	clear(e.failed)
 	e.store.Clear()
 	e.broadcastLocked()
 }

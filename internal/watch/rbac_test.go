@@ -3,6 +3,7 @@ package watch
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 
 	rbacv1 "k8s.io/api/rbac/v1"
@@ -108,6 +109,18 @@ func TestPermissions(t *testing.T) {
 	}
 	if st := e.Stats(); st.Streams != 0 || st.Watched != 0 || st.Watchers != 0 {
 		t.Fatalf("stats after revocation = %+v, want nothing left", st)
+	}
+	srcs := e.Sources()
+	if len(srcs) != 1 || srcs[0].State != StateFailed || srcs[0].Namespace != ns || !strings.Contains(srcs[0].Error, "forbidden") {
+		t.Fatalf("sources after revocation = %+v, want one failed with the reason", srcs)
+	}
+	// Granted again: a new watch starts and the failure is no longer shown.
+	grant(t, user, ns, "get", "list", "watch")
+	eventually(t, "add succeeds once access is back", func() bool {
+		return e.AddWatcher(ctxT(t), w, cmRef(ns, "cm")) == nil
+	})
+	if srcs := e.Sources(); len(srcs) != 1 || srcs[0].State != StateActive {
+		t.Fatalf("sources after access is back = %+v, want one active", srcs)
 	}
 }
 

@@ -30,6 +30,11 @@ const (
 	// StateRestarting: was active; the watch broke and is being
 	// re-established (relisting if needed), with backoff.
 	StateRestarting SourceState = "restarting"
+	// StateFailed: stopped for good because the API server refused it
+	// (access revoked, not watchable); its watches were dropped and their
+	// watchers told (OpLost). Shown until a source starts again for the
+	// same resource and namespace.
+	StateFailed SourceState = "failed"
 )
 
 // source is one list+watch of a resource in one namespace ("" for all),
@@ -53,6 +58,7 @@ type source struct {
 }
 
 func (e *Engine) startSourceLocked(k *kindState, ns string, full bool) {
+	delete(e.failed, failedKey{k.res.GroupVersionResource, ns})
 	ctx, cancel := context.WithCancel(e.runCtx)
 	s := &source{e: e, k: k, ns: ns, full: full, cancel: cancel, current: true, state: StateSyncing, since: time.Now()}
 	k.sources[ns] = s
@@ -309,6 +315,8 @@ func (e *Engine) sourceForbiddenLocked(s *source, err error) {
 	}
 	e.log.Warn("list+watch forbidden; dropping the watches it served", "resource", k.res.GroupVersionResource.String(),
 		"namespace", s.ns, "error", err)
+	e.failed[failedKey{k.res.GroupVersionResource, s.ns}] = SourceStatus{Group: k.gvk.Group, Version: k.gvk.Version, Kind: k.gvk.Kind,
+		Resource: k.res.Resource, Namespace: s.ns, State: StateFailed, Full: s.full, Lists: s.lists, Error: err.Error(), Since: time.Now()}
 	var failing []*refState
 	for st := range k.refs {
 		if (clusterWide && st.ref.Namespace == "") || !clusterWide && (s.ns == "" || st.ref.Namespace == s.ns) {

@@ -6,8 +6,9 @@ import (
 	"time"
 )
 
-// SourceStatus describes one list+watch source, or one kind waiting to be
-// served (State pending, no Resource).
+// SourceStatus describes one list+watch source, one kind waiting to be
+// served (State pending, no Resource), or a source that failed for good
+// (State failed, with Error).
 type SourceStatus struct {
 	Group     string
 	Version   string
@@ -40,6 +41,9 @@ func (e *Engine) Sources() []SourceStatus {
 			}
 			out = append(out, st)
 		}
+	}
+	for _, f := range e.failed {
+		out = append(out, f)
 	}
 	for gvk, refs := range e.pending {
 		out = append(out, SourceStatus{Group: gvk.Group, Version: gvk.Version, Kind: gvk.Kind, State: StatePending, Watched: len(refs)})
