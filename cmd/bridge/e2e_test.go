@@ -309,3 +309,65 @@ subscriptions:
 		t.Errorf("namespaced watches should not need a ClusterRole:\n%s", out)
 	}
 }
+
+// metricValue reads one unlabelled metric from a running binary.
+func metricValue(t *testing.T, addr, name string) string {
+	t.Helper()
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var body bytes.Buffer
+	_, _ = body.ReadFrom(resp.Body)
+	for _, line := range strings.Split(body.String(), "\n") {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			return v
+		}
+	}
+	return ""
+}
+
+// The binary follows its configuration file: subscriptions added and
+// removed without a restart; a broken file is rejected and the running
+// configuration stays.
+func TestReloadThroughTheBinary(t *testing.T) {
+	sub := func(name string) string {
+		return fmt.Sprintf("  - {watcher: {version: v1, kind: ConfigMap, namespace: fn, name: %s}, watched: [{version: v1, kind: ConfigMap, namespace: default, name: %s}]}\n", name, name)
+	}
+	cfg := writeFile(t, "bridge.yaml", "routes: [{name: default, sink: default}]\nsubscriptions:\n"+sub("one"))
+	p := startProcess(t, cfg)
+	waitMetric := func(name, want string) {
+		t.Helper()
+		deadline := time.Now().Add(30 * time.Second)
+		for metricValue(t, p.addr, name) != want {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s = %q, want %s", name, metricValue(t, p.addr, name), want)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	waitMetric("depbridge_watchers", "1")
+	if err := os.WriteFile(cfg, []byte("routes: [{name: default, sink: default}]\nsubscriptions:\n"+sub("two")+sub("three")), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	waitMetric("depbridge_watchers", "2")
+	waitMetric("depbridge_watched_refs", "2")
+	if err := os.WriteFile(cfg, []byte("routes: [{name: default, sink: default}]\nsubscriptions:\n  - watcher: {kind: ConfigMap}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(p.logs.String(), "configuration file rejected") {
+		if time.Now().After(deadline) {
+			t.Fatal("a broken file was not reported")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if got := metricValue(t, p.addr, "depbridge_watchers"); got != "2" {
+		t.Fatalf("watchers = %s after a broken file, want the running 2", got)
+	}
+	if !strings.Contains(p.logs.String(), ":3:") {
+		t.Errorf("the rejection does not say where the problem is:\n%s", p.logs.String())
+	}
+	p.stop(t)
+}
