@@ -1,9 +1,13 @@
 package watch
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -247,5 +251,80 @@ func TestRetryDelay(t *testing.T) {
 	}
 	if !slices.Equal(reqs[0].Causes, reqs[1].Causes) {
 		t.Fatalf("retry causes = %+v, want %+v", reqs[1].Causes, reqs[0].Causes)
+	}
+}
+
+// syncBuffer is a log destination safe for concurrent writes.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// At shutdown, a reconcile in flight finishes (it gets ShutdownGrace, not a
+// cancelled context), requests still queued are not started, and the
+// watchers whose requests were not acknowledged are logged.
+func TestShutdownFinishesInFlightAndLogsTheRest(t *testing.T) {
+	ns := namespace(t)
+	createCM(t, ns, "slow", nil)
+	createCM(t, ns, "queued", nil)
+	started, release := make(chan struct{}), make(chan struct{})
+	var finished atomic.Bool
+	rec := newRecorder()
+	rec.fn = func(req Request, n int) (Result, error) {
+		if req.Watcher.Name == "slow" {
+			close(started)
+			<-release // a broker taking its time to ack
+			finished.Store(true)
+		}
+		return Result{}, nil
+	}
+	logs := &syncBuffer{}
+	e, err := New(integration(t).Config, rec, Options{Workers: 1, ShutdownGrace: 10 * time.Second,
+		Logger: slog.New(slog.NewTextHandler(logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- e.Start(ctx) }()
+	<-e.Started()
+	if err := e.AddWatcher(ctxT(t), watcher("slow"), cmRef(ns, "slow")); err != nil {
+		t.Fatal(err)
+	}
+	<-started
+	if err := e.AddWatcher(ctxT(t), watcher("queued"), cmRef(ns, "queued")); err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	time.Sleep(200 * time.Millisecond) // Start is now waiting for the reconcile in flight
+	select {
+	case <-done:
+		t.Fatal("Start returned while a reconcile was in flight")
+	default:
+	}
+	close(release)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if !finished.Load() {
+		t.Fatal("the reconcile in flight did not finish")
+	}
+	if n := len(rec.requests(watcher("queued"))); n != 0 {
+		t.Fatalf("a queued request was started after shutdown (%d)", n)
+	}
+	if out := logs.String(); !strings.Contains(out, "not delivered") || !strings.Contains(out, watcher("queued").Key()) {
+		t.Fatalf("undelivered requests not logged with their watchers:\n%s", out)
 	}
 }
