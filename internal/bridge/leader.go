@@ -7,11 +7,12 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/leaderelection"
 	"k8s.io/client-go/tools/leaderelection/resourcelock"
+
+	"github.com/depbridge/depbridge/internal/metrics"
 )
 
 // LeaderElection makes one replica active at a time through a
@@ -55,8 +56,8 @@ func (b *Bridge) lead(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	leader := prometheus.NewGauge(prometheus.GaugeOpts{Name: "depbridge_leader", Help: "1 while this replica holds the leader election lease."})
-	if err := b.opts.Registry.Register(leader); err != nil {
+	leader, err := metrics.NewLeader(b.opts.Registry)
+	if err != nil {
 		return fmt.Errorf("register leader metric: %w", err)
 	}
 	ran := make(chan error, 1)

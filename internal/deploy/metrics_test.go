@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	dto "github.com/prometheus/client_model/go"
 
+	"github.com/depbridge/depbridge/internal/control"
 	"github.com/depbridge/depbridge/internal/metrics"
 	"github.com/depbridge/depbridge/internal/publish"
 	"github.com/depbridge/depbridge/internal/watch"
@@ -28,6 +29,12 @@ func exported(t *testing.T) map[string]bool {
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	reg.MustRegister(metrics.NewCollector(fakeEngine{}))
 	if _, err := publish.NewMetrics(reg, "bus"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := metrics.NewLeader(reg); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := control.NewMetrics(reg); err != nil {
 		t.Fatal(err)
 	}
 	wq, err := metrics.NewWorkqueue(reg)

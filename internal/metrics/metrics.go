@@ -135,3 +135,13 @@ func (w *Workqueue) NewRetriesMetric(name string) workqueue.CounterMetric {
 }
 
 var _ workqueue.MetricsProvider = (*Workqueue)(nil)
+
+// NewLeader creates depbridge_leader, 1 while this replica holds the
+// leader election lease, and registers it on reg.
+func NewLeader(reg prometheus.Registerer) (prometheus.Gauge, error) {
+	g := prometheus.NewGauge(prometheus.GaugeOpts{Name: "depbridge_leader", Help: "1 while this replica holds the leader election lease."})
+	if err := reg.Register(g); err != nil {
+		return nil, err
+	}
+	return g, nil
+}
