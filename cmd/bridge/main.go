@@ -202,15 +202,9 @@ func runBridge(args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	cfg, err := config.Load(*configPath)
-	if err == nil {
-		err = cfg.Validate()
-	}
+	cfg, err := loadConfig(*configPath, stderr)
 	if err != nil {
-		for _, fe := range config.FieldErrors(err) {
-			fmt.Fprintln(stderr, fe)
-		}
-		return fmt.Errorf("configuration %s is not valid", *configPath)
+		return err
 	}
 	rc, err := restConfig(*kubeconfig, *kubeContext)
 	if err != nil {
@@ -272,22 +266,33 @@ func validate(args []string, stdout, stderr io.Writer) int {
 	}
 	code := 0
 	for _, path := range fs.Args() {
-		cfg, err := config.Load(path)
-		if err == nil {
-			err = cfg.Validate()
-		}
-		if err == nil {
-			fmt.Fprintf(stdout, "%s: ok (%d subscriptions, %d sinks, %d routes)\n", path, len(cfg.Subscriptions), len(cfg.Sinks), len(cfg.Routes))
+		cfg, err := loadConfig(path, stderr)
+		if err != nil {
+			code = 1
 			continue
 		}
-		code = 1
-		fes := config.FieldErrors(err)
-		if len(fes) == 0 {
-			fmt.Fprintf(stderr, "%s: %v\n", path, err)
-		}
-		for _, fe := range fes {
-			fmt.Fprintln(stderr, fe)
-		}
+		fmt.Fprintf(stdout, "%s: ok (%d subscriptions, %d sinks, %d routes)\n", path, len(cfg.Subscriptions), len(cfg.Sinks), len(cfg.Routes))
 	}
 	return code
+}
+
+// loadConfig loads and validates a configuration file. On error it prints
+// every problem, one per line with its position, to stderr, and returns an
+// error that says the file is not valid.
+func loadConfig(path string, stderr io.Writer) (*config.Config, error) {
+	cfg, err := config.Load(path)
+	if err == nil {
+		err = cfg.Validate()
+	}
+	if err == nil {
+		return cfg, nil
+	}
+	fes := config.FieldErrors(err)
+	if len(fes) == 0 {
+		fmt.Fprintf(stderr, "%s: %v\n", path, err)
+	}
+	for _, fe := range fes {
+		fmt.Fprintln(stderr, fe)
+	}
+	return nil, fmt.Errorf("configuration %s is not valid", path)
 }

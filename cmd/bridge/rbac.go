@@ -9,7 +9,6 @@ import (
 
 	"k8s.io/client-go/discovery"
 
-	"github.com/depbridge/depbridge/internal/config"
 	"github.com/depbridge/depbridge/internal/rbac"
 )
 
@@ -41,15 +40,9 @@ func rbacCommand(args []string, stdout, stderr io.Writer) error {
 		fs.Usage()
 		return errUsage
 	}
-	cfg, err := config.Load(*configPath)
-	if err == nil {
-		err = cfg.Validate()
-	}
+	cfg, err := loadConfig(*configPath, stderr)
 	if err != nil {
-		for _, fe := range config.FieldErrors(err) {
-			fmt.Fprintln(stderr, fe)
-		}
-		return fmt.Errorf("configuration %s is not valid", *configPath)
+		return err
 	}
 	rc, err := restConfig(*kubeconfig, *kubeContext)
 	if err != nil {

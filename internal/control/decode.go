@@ -18,6 +18,7 @@ import (
 	sigsjson "sigs.k8s.io/json"
 
 	"github.com/depbridge/depbridge/internal/cache"
+	"github.com/depbridge/depbridge/internal/sink"
 )
 
 // DefaultMaxMessageBytes is the size limit of a Decoder with no MaxBytes,
@@ -143,7 +144,7 @@ func idOnly(b bindingKind, hs []header) *Request {
 			v := h.value
 			if b == natsBinding {
 				var err error
-				if v, err = percentDecode(v); err != nil {
+				if v, err = sink.DecodeHeaderValue(v); err != nil {
 					return nil
 				}
 			}
@@ -299,7 +300,7 @@ func binaryMode(b bindingKind, hs []header, ct string, body []byte) (*envelope, 
 		v := h.value
 		if b == natsBinding {
 			var err error
-			if v, err = percentDecode(v); err != nil {
+			if v, err = sink.DecodeHeaderValue(v); err != nil {
 				return nil, fmt.Errorf("%w: header %s: %v", ErrInvalid, h.name, err)
 			}
 		} else if !utf8.ValidString(v) {
@@ -513,67 +514,4 @@ func refs(field string, rs []cache.Ref) ([]cache.Ref, error) {
 
 func refError(err error) string {
 	return strings.TrimPrefix(err.Error(), cache.ErrInvalidInput.Error()+": ")
-}
-
-// percentDecode decodes a NATS header value by the binding's rules: a
-// value in double quotes (the legacy quoted-string form) is unquoted first;
-// percent escapes are decoded; the result must be valid UTF-8.
-func percentDecode(v string) (string, error) {
-	if len(v) >= 2 && v[0] == '"' && v[len(v)-1] == '"' {
-		var b strings.Builder
-		for i := 1; i < len(v)-1; i++ {
-			c := v[i]
-			if c == '\\' {
-				if i+1 >= len(v)-1 {
-					return "", errors.New("quoted string ends in a backslash")
-				}
-				i++
-				c = v[i]
-			} else if c == '"' {
-				return "", errors.New("unescaped quote inside a quoted string")
-			}
-			b.WriteByte(c)
-		}
-		v = b.String()
-	}
-	if strings.IndexByte(v, '%') < 0 {
-		if !utf8.ValidString(v) {
-			return "", errors.New("not valid UTF-8")
-		}
-		return v, nil
-	}
-	out := make([]byte, 0, len(v))
-	for i := 0; i < len(v); i++ {
-		c := v[i]
-		if c != '%' {
-			out = append(out, c)
-			continue
-		}
-		if i+2 >= len(v) {
-			return "", errors.New("truncated percent escape")
-		}
-		h, ok1 := unhex(v[i+1])
-		l, ok2 := unhex(v[i+2])
-		if !ok1 || !ok2 {
-			return "", fmt.Errorf("bad percent escape %q", v[i:i+3])
-		}
-		out = append(out, h<<4|l)
-		i += 2
-	}
-	if !utf8.Valid(out) {
-		return "", errors.New("does not decode to valid UTF-8")
-	}
-	return string(out), nil
-}
-
-func unhex(c byte) (byte, bool) {
-	switch {
-	case '0' <= c && c <= '9':
-		return c - '0', true
-	case 'a' <= c && c <= 'f':
-		return c - 'a' + 10, true
-	case 'A' <= c && c <= 'F':
-		return c - 'A' + 10, true
-	}
-	return 0, false
 }

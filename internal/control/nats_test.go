@@ -143,7 +143,7 @@ func natsEvent(t testing.TB, m *nats.Msg) ce.Event {
 		if !ok {
 			continue
 		}
-		v, err := percentDecode(vs[0])
+		v, err := sink.DecodeHeaderValue(vs[0])
 		if err != nil {
 			t.Fatalf("header %s: %v", k, err)
 		}

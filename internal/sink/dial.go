@@ -1,11 +1,13 @@
 package sink
 
 import (
+	"crypto/tls"
 	"log/slog"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/segmentio/kafka-go"
+	"github.com/segmentio/kafka-go/sasl"
 
 	"github.com/depbridge/depbridge/internal/config"
 )
@@ -28,33 +30,39 @@ func DialNATS(name string, cfg config.NATSConn, log *slog.Logger) (*nats.Conn, e
 // first use.
 func KafkaTransport(cfg config.Kafka) (*kafka.Transport, error) {
 	cfg.Default()
-	t, err := tlsConfig(cfg.TLS)
-	if err != nil {
-		return nil, err
-	}
-	mech, err := saslMechanism(cfg.SASL)
+	t, mech, err := kafkaSecurity(cfg)
 	if err != nil {
 		return nil, err
 	}
 	return &kafka.Transport{
 		DialTimeout: 5 * time.Second,
 		IdleTimeout: 30 * time.Second,
-		MetadataTTL: 6 * time.Second,
+		MetadataTTL: kafkaMetadataTTL,
 		ClientID:    cfg.ClientID,
 		TLS:         t,
 		SASL:        mech,
 	}, nil
 }
 
+// kafkaSecurity is cfg's TLS configuration and SASL mechanism (nil when
+// unset).
+func kafkaSecurity(cfg config.Kafka) (*tls.Config, sasl.Mechanism, error) {
+	t, err := tlsConfig(cfg.TLS)
+	if err != nil {
+		return nil, nil, err
+	}
+	mech, err := saslMechanism(cfg.SASL)
+	if err != nil {
+		return nil, nil, err
+	}
+	return t, mech, nil
+}
+
 // KafkaDialer returns a kafka-go dialer, for a kafka.Reader, with the same
 // TLS, SASL and client id as KafkaTransport.
 func KafkaDialer(cfg config.Kafka) (*kafka.Dialer, error) {
 	cfg.Default()
-	t, err := tlsConfig(cfg.TLS)
-	if err != nil {
-		return nil, err
-	}
-	mech, err := saslMechanism(cfg.SASL)
+	t, mech, err := kafkaSecurity(cfg)
 	if err != nil {
 		return nil, err
 	}

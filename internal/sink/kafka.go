@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
-	"time"
 
 	ce "github.com/cloudevents/sdk-go/v2/event"
 	"github.com/segmentio/kafka-go"
@@ -45,23 +44,11 @@ func NewKafka(name string, cfg config.Kafka, log *slog.Logger) (*Kafka, error) {
 	if len(cfg.Brokers) == 0 {
 		return nil, errors.New("kafka: brokers is required")
 	}
-	t, err := tlsConfig(cfg.TLS)
-	if err != nil {
-		return nil, fmt.Errorf("kafka: %w", err)
-	}
-	mech, err := saslMechanism(cfg.SASL)
+	transport, err := KafkaTransport(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("kafka: %w", err)
 	}
 	cfg.Default()
-	transport := &kafka.Transport{
-		DialTimeout: 5 * time.Second,
-		IdleTimeout: 30 * time.Second,
-		MetadataTTL: kafkaMetadataTTL,
-		ClientID:    cfg.ClientID,
-		TLS:         t,
-		SASL:        mech,
-	}
 	// Timeout bounds each request, a produce request included.
 	client := &kafka.Client{Addr: kafka.TCP(cfg.Brokers...), Timeout: cfg.WriteTimeout.Duration, Transport: transport}
 	return &Kafka{

@@ -347,8 +347,8 @@ func percentDecode(v string) (string, error) {
 		if i+2 >= len(v) {
 			return "", fmt.Errorf("header value %q: truncated percent escape", v)
 		}
-		h, ok1 := unhex(v[i+1])
-		l, ok2 := unhex(v[i+2])
+		h, ok1 := specUnhex(v[i+1])
+		l, ok2 := specUnhex(v[i+2])
 		if !ok1 || !ok2 {
 			return "", fmt.Errorf("header value %q: bad percent escape %q", v, v[i:i+3])
 		}
@@ -361,7 +361,7 @@ func percentDecode(v string) (string, error) {
 	return string(out), nil
 }
 
-func unhex(c byte) (byte, bool) {
+func specUnhex(c byte) (byte, bool) {
 	switch {
 	case '0' <= c && c <= '9':
 		return c - '0', true

@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/url"
 	"strings"
 	"unicode/utf8"
 
@@ -67,7 +66,7 @@ func (r natsReader) ReadBinary(ctx context.Context, w binding.BinaryWriter) erro
 		if !strings.HasPrefix(lower, natsHeaderPrefix) || len(values) == 0 {
 			continue
 		}
-		v, err := decodeHeaderValue(values[0])
+		v, err := DecodeHeaderValue(values[0])
 		if err != nil {
 			return fmt.Errorf("header %s: %w", key, err)
 		}
@@ -99,27 +98,73 @@ func (r natsReader) Finish(error) error                           { return nil }
 func headerValueOrEmpty(h nats.Header, key string) string {
 	for k, v := range h {
 		if strings.EqualFold(k, key) && len(v) > 0 {
-			s, _ := decodeHeaderValue(v[0])
+			s, _ := DecodeHeaderValue(v[0])
 			return s
 		}
 	}
 	return ""
 }
 
-// decodeHeaderValue undoes the binding's percent-encoding; a value in
-// double quotes (the legacy form) is taken as is, without them.
-func decodeHeaderValue(v string) (string, error) {
+// DecodeHeaderValue decodes a NATS header value by the CloudEvents NATS
+// binding's rules: a value in double quotes (the legacy quoted-string form)
+// is unquoted first (backslash escapes honoured); percent escapes are
+// decoded; the result must be valid UTF-8.
+func DecodeHeaderValue(v string) (string, error) {
 	if len(v) >= 2 && v[0] == '"' && v[len(v)-1] == '"' {
-		v = v[1 : len(v)-1]
-	} else {
-		d, err := url.PathUnescape(v)
-		if err != nil {
-			return "", err
+		var b strings.Builder
+		for i := 1; i < len(v)-1; i++ {
+			c := v[i]
+			if c == '\\' {
+				if i+1 >= len(v)-1 {
+					return "", errors.New("quoted string ends in a backslash")
+				}
+				i++
+				c = v[i]
+			} else if c == '"' {
+				return "", errors.New("unescaped quote inside a quoted string")
+			}
+			b.WriteByte(c)
 		}
-		v = d
+		v = b.String()
 	}
-	if !utf8.ValidString(v) {
-		return "", errors.New("value is not valid UTF-8")
+	if strings.IndexByte(v, '%') < 0 {
+		if !utf8.ValidString(v) {
+			return "", errors.New("not valid UTF-8")
+		}
+		return v, nil
 	}
-	return v, nil
+	out := make([]byte, 0, len(v))
+	for i := 0; i < len(v); i++ {
+		c := v[i]
+		if c != '%' {
+			out = append(out, c)
+			continue
+		}
+		if i+2 >= len(v) {
+			return "", errors.New("truncated percent escape")
+		}
+		h, ok1 := unhex(v[i+1])
+		l, ok2 := unhex(v[i+2])
+		if !ok1 || !ok2 {
+			return "", fmt.Errorf("bad percent escape %q", v[i:i+3])
+		}
+		out = append(out, h<<4|l)
+		i += 2
+	}
+	if !utf8.Valid(out) {
+		return "", errors.New("does not decode to valid UTF-8")
+	}
+	return string(out), nil
+}
+
+func unhex(c byte) (byte, bool) {
+	switch {
+	case '0' <= c && c <= '9':
+		return c - '0', true
+	case 'a' <= c && c <= 'f':
+		return c - 'a' + 10, true
+	case 'A' <= c && c <= 'F':
+		return c - 'A' + 10, true
+	}
+	return 0, false
 }

@@ -23,33 +23,37 @@ func (e *Engine) Resource(ctx context.Context, gvk schema.GroupVersionKind) (cac
 // namespace and kind. The namespace is ignored for cluster-scoped kinds.
 // Objects of kinds no watcher reads in full carry metadata only.
 func (e *Engine) Get(ctx context.Context, gvk schema.GroupVersionKind, namespace, name string) (*unstructured.Unstructured, error) {
+	gvr, namespace, err := e.cached(ctx, gvk, namespace)
+	if err != nil {
+		return nil, err
+	}
+	return e.store.Get(gvr, namespace, name)
+}
+
+// cached resolves a kind for a cache read, the namespace cleared for a
+// cluster-scoped kind.
+func (e *Engine) cached(ctx context.Context, gvk schema.GroupVersionKind, namespace string) (schema.GroupVersionResource, string, error) {
 	if e.opts.DisableCache {
-		return nil, ErrCacheDisabled
+		return schema.GroupVersionResource{}, "", ErrCacheDisabled
 	}
 	res, err := e.mapper.Resource(ctx, gvk)
 	if err != nil {
-		return nil, err
+		return schema.GroupVersionResource{}, "", err
 	}
 	if !res.Namespaced {
 		namespace = ""
 	}
-	return e.store.Get(res.GroupVersionResource, namespace, name)
+	return res.GroupVersionResource, namespace, nil
 }
 
 // List reads watched objects of a kind in namespace ("" for all) matching
 // sel (nil for all) from the cache, sorted by namespace and name.
 func (e *Engine) List(ctx context.Context, gvk schema.GroupVersionKind, namespace string, sel labels.Selector) ([]*unstructured.Unstructured, error) {
-	if e.opts.DisableCache {
-		return nil, ErrCacheDisabled
-	}
-	res, err := e.mapper.Resource(ctx, gvk)
+	gvr, namespace, err := e.cached(ctx, gvk, namespace)
 	if err != nil {
 		return nil, err
 	}
-	if !res.Namespaced {
-		namespace = ""
-	}
-	return e.store.List(res.GroupVersionResource, namespace, sel)
+	return e.store.List(gvr, namespace, sel)
 }
 
 // ListWatched returns every cached object some dependency of watcher
