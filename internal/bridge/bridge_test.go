@@ -29,18 +29,7 @@ import (
 
 var env *testenv.Env
 
-func TestMain(m *testing.M) {
-	code := func() int {
-		var err error
-		if env, err = testenv.Start(); err != nil {
-			fmt.Fprintln(os.Stderr, "bridge tests:", err)
-			return 1
-		}
-		defer func() { _ = env.Stop() }()
-		return m.Run()
-	}()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { testenv.Main(m, &env) }
 
 const wait = 60 * time.Second
 

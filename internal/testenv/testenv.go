@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"testing"
 	"time"
 
 	"k8s.io/client-go/rest"
@@ -136,4 +137,24 @@ func writeKubeconfig(cfg *rest.Config, path string) error {
 	kc.Contexts["test"] = &clientcmdapi.Context{Cluster: "test", AuthInfo: "test"}
 	kc.CurrentContext = "test"
 	return clientcmd.WriteToFile(*kc, path)
+}
+
+// Main runs a package's tests around one shared control plane: it starts
+// it into *env, runs the tests, stops it, and exits. A control plane that
+// cannot start fails the run with testenv's message (never a skip).
+func Main(m *testing.M, env **Env) {
+	os.Exit(func() int {
+		e, err := Start()
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		*env = e
+		defer func() {
+			if err := e.Stop(); err != nil {
+				fmt.Fprintln(os.Stderr, "stop the control plane:", err)
+			}
+		}()
+		return m.Run()
+	}())
 }

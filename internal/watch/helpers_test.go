@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"fmt"
 	"io"
 	"log/slog"
 	"os"
@@ -24,22 +23,7 @@ import (
 // env is the control plane shared by this package's integration tests.
 var env *testenv.Env
 
-func TestMain(m *testing.M) {
-	code := func() int {
-		var err error
-		if env, err = testenv.Start(); err != nil {
-			fmt.Fprintln(os.Stderr, "watch tests:", err)
-			return 1
-		}
-		defer func() {
-			if err := env.Stop(); err != nil {
-				fmt.Fprintln(os.Stderr, "stop control plane:", err)
-			}
-		}()
-		return m.Run()
-	}()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { testenv.Main(m, &env) }
 
 // integration returns the shared control plane.
 func integration(t *testing.T) *testenv.Env {
