@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -33,14 +34,33 @@ import (
 type process struct {
 	cmd    *exec.Cmd
 	addr   string
-	logs   *bytes.Buffer
+	logs   *syncBuffer
 	exited chan error
+}
+
+// syncBuffer collects a process's output, which exec copies in from
+// another goroutine while the test reads it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
 
 // startProcess starts the binary on cfg and waits until it is ready.
 func startProcess(t *testing.T, cfg string) *process {
 	t.Helper()
-	p := &process{addr: freePort(t), logs: &bytes.Buffer{}, exited: make(chan error, 1)}
+	p := &process{addr: freePort(t), logs: &syncBuffer{}, exited: make(chan error, 1)}
 	p.cmd = exec.Command(binary, "run", "--config", cfg, "--kubeconfig", kubeconfig, "--listen", p.addr)
 	p.cmd.Stdout, p.cmd.Stderr = p.logs, p.logs
 	if err := p.cmd.Start(); err != nil {

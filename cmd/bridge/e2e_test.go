@@ -164,7 +164,7 @@ subscriptions:
 	cmd := exec.Command(binary, "run")
 	cmd.Env = append(os.Environ(), "DEPBRIDGE_CONFIG="+cfg, "DEPBRIDGE_KUBECONFIG="+kubeconfig,
 		"DEPBRIDGE_LISTEN="+addr, "DEPBRIDGE_LOG_FORMAT=json")
-	var logs bytes.Buffer
+	var logs syncBuffer
 	cmd.Stdout, cmd.Stderr = &logs, &logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -43,6 +43,9 @@ func startEmbedded(ctx context.Context, listen, dir string, log *slog.Logger) (*
 	if err != nil {
 		return nil, fmt.Errorf("embedded NATS listen address %q: bad port: %w", listen, err)
 	}
+	if p == 0 {
+		p = server.RANDOM_PORT // nats-server takes 0 to mean its default, 4222
+	}
 	e := &embedded{}
 	if dir == "" {
 		if dir, err = os.MkdirTemp("", "depbridge-nats-"); err != nil {
