@@ -106,6 +106,9 @@ func (k *Kafka) Default() {
 // Default applies the HTTP sink's defaults.
 func (h *HTTP) Default() {
 	setDuration(&h.Timeout, 10*time.Second)
+	if h.MaxConnections == 0 {
+		h.MaxConnections = 64
+	}
 }
 
 func setString(s *string, def string) {

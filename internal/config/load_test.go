@@ -77,7 +77,7 @@ engine: {workers: 2}
 						AckTimeout: metav1.Duration{Duration: 5 * time.Second}}},
 					{Name: "k", Kafka: &Kafka{Brokers: []string{"k:9092"}, BatchTimeout: metav1.Duration{Duration: 250 * time.Millisecond}, SASL: &SASL{Mechanism: "PLAIN", Username: "u", Password: "p"},
 						WriteTimeout: metav1.Duration{Duration: 10 * time.Second}, ClientID: "depbridge"}},
-					{Name: "h", HTTP: &HTTP{URL: "https://x", Headers: map[string]string{"X-A": "b"}, Timeout: metav1.Duration{Duration: 10 * time.Second}}},
+					{Name: "h", HTTP: &HTTP{URL: "https://x", Headers: map[string]string{"X-A": "b"}, Timeout: metav1.Duration{Duration: 10 * time.Second}, MaxConnections: 64}},
 					{Name: "out", Stdout: &Stdout{}},
 				},
 				Routes: []Route{{Name: "r", Sink: "js", Subject: "a.{{.Name}}", Mode: "structured", IncludeObjects: true, IncludeSecretData: true}},
@@ -130,7 +130,7 @@ subscriptions:
 		"a duration with no value is left out": {
 			yaml: "sinks:\n  - name: h\n    http:\n      url: http://x\n      timeout:\n",
 			want: Config{Cluster: "default", Listen: ":8080", Engine: Engine{Workers: 256},
-				Sinks: []Sink{{Name: "h", HTTP: &HTTP{URL: "http://x", Timeout: metav1.Duration{Duration: 10 * time.Second}}}}},
+				Sinks: []Sink{{Name: "h", HTTP: &HTTP{URL: "http://x", Timeout: metav1.Duration{Duration: 10 * time.Second}, MaxConnections: 64}}}},
 		},
 		"JSON is YAML": {
 			yaml: `{"cluster": "c", "engine": {"workers": 7}}`,

@@ -319,6 +319,9 @@ func (v *validator) http(p string, h *HTTP) {
 	if h.Timeout.Duration < 0 {
 		v.errorf(p+".timeout", "must not be negative")
 	}
+	if h.MaxConnections < 0 {
+		v.errorf(p+".maxConnections", "must not be negative")
+	}
 	for _, k := range sortedKeys(h.Headers) {
 		hp := fmt.Sprintf("%s.headers[%q]", p, k)
 		lk := strings.ToLower(k)

@@ -65,8 +65,11 @@ func NewHTTP(name string, cfg config.HTTP, log *slog.Logger) (*HTTP, error) {
 	}
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.TLSClientConfig = t
-	tr.MaxIdleConnsPerHost = 128
 	cfg.Default()
+	// One request per connection at a time (HTTP/1.1): this bounds the
+	// requests in flight; a Send beyond it waits for a connection.
+	tr.MaxConnsPerHost = cfg.MaxConnections
+	tr.MaxIdleConnsPerHost = cfg.MaxConnections
 	timeout := cfg.Timeout.Duration
 	return &HTTP{
 		client:   &http.Client{Transport: tr},

@@ -399,3 +399,42 @@ func TestHTTPTLS(t *testing.T) {
 		})
 	}
 }
+
+// With many concurrent Sends (the engine's workers), the receiver sees at
+// most maxConnections requests at once; the rest wait, none fails.
+func TestHTTPMaxConnections(t *testing.T) {
+	var cur, peak atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c := cur.Add(1)
+		defer cur.Add(-1)
+		for {
+			p := peak.Load()
+			if c <= p || peak.CompareAndSwap(p, c) {
+				break
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+		w.WriteHeader(http.StatusAccepted)
+	}))
+	defer srv.Close()
+	s, err := NewHTTP("limited", config.HTTP{URL: srv.URL, MaxConnections: 5}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close(t.Context())
+	var wg sync.WaitGroup
+	errs := make(chan error, 50)
+	for i := range 50 {
+		wg.Go(func() { errs <- s.Send(t.Context(), Target{}, testEvent(t, i, 1)) })
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if p := peak.Load(); p > 5 || p < 2 {
+		t.Fatalf("peak concurrent requests %d, want 2..5", p)
+	}
+}
