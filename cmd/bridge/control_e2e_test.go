@@ -161,21 +161,9 @@ func events(t *testing.T, js jetstream.JetStream, streamName string) []event.Dat
 // and reply), a refused message, delete, and a restart that restores the
 // run-time subscriptions from the stream.
 func TestControlChannelNATS(t *testing.T) {
-	broker, err := testenv.StartNATS()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer broker.Close()
-	nc, err := nats.Connect(broker.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
+	broker, js, _ := testenv.StartNATSStream(t, jetstream.StreamConfig{Name: "CTL_E2E", Subjects: []string{"reconcile.>"}})
+	nc := js.Conn()
 	ctx := context.Background()
-	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "CTL_E2E", Subjects: []string{"reconcile.>"}}); err != nil {
-		t.Fatal(err)
-	}
 	cs := kubernetes.NewForConfigOrDie(env.Config)
 	ns := fmt.Sprintf("ctl-%d", time.Now().UnixNano()%1e9)
 	if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {

@@ -14,7 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -132,22 +131,8 @@ func TestValidate(t *testing.T) {
 // request for a ConfigMap change to JetStream, serves /readyz and /metrics,
 // and exits 0 on SIGTERM.
 func TestRun(t *testing.T) {
-	broker, err := testenv.StartNATS()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer broker.Close()
-	nc, err := nats.Connect(broker.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
+	broker, _, stream := testenv.StartNATSStream(t, jetstream.StreamConfig{Name: "E2E", Subjects: []string{"e2e.>"}})
 	ctx := context.Background()
-	stream, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "E2E", Subjects: []string{"e2e.>"}})
-	if err != nil {
-		t.Fatal(err)
-	}
 	cs := kubernetes.NewForConfigOrDie(env.Config)
 	if _, err := cs.CoreV1().ConfigMaps("default").Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "e2e"}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)

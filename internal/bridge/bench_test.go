@@ -11,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -35,21 +34,7 @@ func BenchmarkRestart(b *testing.B) {
 func benchRestart(b *testing.B, watchers, objects int) {
 	b.StopTimer()
 	ctx := context.Background()
-	broker, err := testenv.StartNATS()
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer broker.Close()
-	nc, err := nats.Connect(broker.URL())
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
-	stream, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "RESTART", Subjects: []string{"restart.>"}, Duplicates: time.Second})
-	if err != nil {
-		b.Fatal(err)
-	}
+	broker, _, stream := testenv.StartNATSStream(b, jetstream.StreamConfig{Name: "RESTART", Subjects: []string{"restart.>"}, Duplicates: time.Second})
 	msgs := func() uint64 { info, _ := stream.Info(ctx); return info.State.Msgs }
 
 	cs := kubernetes.NewForConfigOrDie(env.Config)

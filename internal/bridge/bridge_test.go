@@ -216,20 +216,7 @@ func received(t *testing.T, url, stream string) []event.Data {
 // at least one event stored in the stream (one whose causes name the object
 // at that resourceVersion or a later one).
 func TestNothingLostWhileBrokerIsDown(t *testing.T) {
-	broker, err := testenv.StartNATS()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer broker.Close()
-	nc, err := nats.Connect(broker.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	js, _ := jetstream.New(nc)
-	if _, err := js.CreateStream(context.Background(), jetstream.StreamConfig{Name: "EVENTS", Subjects: []string{"reconcile.>"}}); err != nil {
-		t.Fatal(err)
-	}
-	nc.Close()
+	broker, _, _ := testenv.StartNATSStream(t, jetstream.StreamConfig{Name: "EVENTS", Subjects: []string{"reconcile.>"}})
 
 	ns := namespace(t)
 	cs := kubernetes.NewForConfigOrDie(env.Config)
@@ -364,22 +351,8 @@ func TestReload(t *testing.T) {
 // ready. When the leader stops, the standby takes over and events keep
 // coming.
 func TestLeaderElection(t *testing.T) {
-	broker, err := testenv.StartNATS()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer broker.Close()
-	nc, err := nats.Connect(broker.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
+	broker, _, stream := testenv.StartNATSStream(t, jetstream.StreamConfig{Name: "LE", Subjects: []string{"le.>"}})
 	ctx := context.Background()
-	stream, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "LE", Subjects: []string{"le.>"}})
-	if err != nil {
-		t.Fatal(err)
-	}
 	ns := namespace(t)
 	cs := kubernetes.NewForConfigOrDie(env.Config)
 	if _, err := cs.CoreV1().ConfigMaps(ns).Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "cm"}}, metav1.CreateOptions{}); err != nil {
@@ -450,22 +423,8 @@ subscriptions:
 // A restart with nothing changed sends nothing with a checkpoint store, and
 // one resync request per watcher without one.
 func TestRestartWithAndWithoutCheckpoint(t *testing.T) {
-	broker, err := testenv.StartNATS()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer broker.Close()
-	nc, err := nats.Connect(broker.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
+	broker, js, stream := testenv.StartNATSStream(t, jetstream.StreamConfig{Name: "RS", Subjects: []string{"rs.>"}})
 	ctx := context.Background()
-	stream, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "RS", Subjects: []string{"rs.>"}})
-	if err != nil {
-		t.Fatal(err)
-	}
 	ns := namespace(t)
 	cs := kubernetes.NewForConfigOrDie(env.Config)
 	const watchers = 20

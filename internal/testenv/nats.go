@@ -1,14 +1,18 @@
 package testenv
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"os"
 	"strconv"
 	"sync"
+	"testing"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // NATS is an in-process nats-server with JetStream that can be stopped and
@@ -88,4 +92,30 @@ func freePort() (int, error) {
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// StartNATSStream starts a NATS server with JetStream for a test (closed
+// when it ends), creates stream cfg on it, and returns the server, a
+// JetStream client and the stream.
+func StartNATSStream(t testing.TB, cfg jetstream.StreamConfig) (*NATS, jetstream.JetStream, jetstream.Stream) {
+	t.Helper()
+	n, err := StartNATS()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(n.Close)
+	nc, err := nats.Connect(n.URL(), nats.MaxReconnects(-1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := js.CreateStream(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n, js, s
 }
