@@ -58,8 +58,21 @@ type Env struct {
 	certDir string
 }
 
+// Options change how Start runs the control plane. The zero value is
+// Start's.
+type Options struct {
+	// APIServerFlags are extra kube-apiserver flags, by name without the
+	// dashes ("watch-cache": "false"); they override the defaults.
+	APIServerFlags map[string]string
+}
+
 // Start starts etcd and kube-apiserver on loopback, on free ports.
 func Start() (*Env, error) {
+	return StartWith(Options{})
+}
+
+// StartWith is Start with options.
+func StartWith(opts Options) (*Env, error) {
 	dir, err := AssetsDir()
 	if err != nil {
 		return nil, err
@@ -82,6 +95,9 @@ func Start() (*Env, error) {
 	// open watches to end, and StopAPIServer times out.
 	api.Configure().Set("advertise-address", "127.0.0.1").Set("endpoint-reconciler-type", "none").
 		Set("shutdown-watch-termination-grace-period", "2s")
+	for k, v := range opts.APIServerFlags {
+		api.Configure().Set(k, v)
+	}
 	cfg, err := env.Start()
 	if err != nil {
 		_ = os.RemoveAll(certDir)
@@ -127,10 +143,13 @@ func (e *Env) EtcdURL() string {
 // WriteKubeconfig writes an admin kubeconfig for the control plane to
 // path, for programs run as separate processes.
 func (e *Env) WriteKubeconfig(path string) error {
-	return writeKubeconfig(e.Config, path)
+	return WriteKubeconfig(e.Config, path)
 }
 
-func writeKubeconfig(cfg *rest.Config, path string) error {
+// WriteKubeconfig writes cfg's server, CA and credentials to path as a
+// kubeconfig (for a client configuration pointed elsewhere, such as
+// through a Proxy).
+func WriteKubeconfig(cfg *rest.Config, path string) error {
 	kc := clientcmdapi.NewConfig()
 	kc.Clusters["test"] = &clientcmdapi.Cluster{Server: cfg.Host, CertificateAuthorityData: cfg.CAData}
 	kc.AuthInfos["test"] = &clientcmdapi.AuthInfo{ClientCertificateData: cfg.CertData, ClientKeyData: cfg.KeyData, Token: cfg.BearerToken}
