@@ -2,6 +2,7 @@
 #
 #   make demo    throwaway control plane + embedded NATS, live CloudEvents on screen
 #   make test    every test under -race, against a real kube-apiserver and etcd
+#   make test-faults  the fault suite alone (kill, broker outage, API server restart, 410, leader kill); writes test/faults/results.md
 #   make bench   benchmark tables
 #   make lint    gofmt, go vet, staticcheck
 
@@ -24,7 +25,7 @@ BENCH        ?= .
 VERSION      ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS      := -X github.com/depbridge/depbridge/internal/version.Version=$(VERSION)
 
-.PHONY: all build test bench lint fmt fuzz demo image k8s-binaries clean help
+.PHONY: all build test test-faults bench lint fmt fuzz demo image k8s-binaries clean help
 
 all: build
 
@@ -41,6 +42,12 @@ k8s-binaries:
 
 test: k8s-binaries
 	$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) $(TEST_FLAGS) ./...
+
+# test-faults runs the fault suite (issue 5: real processes, faults repeated,
+# 0 lost) and writes its results table to test/faults/results.md. make test
+# runs it too, with every other test.
+test-faults: k8s-binaries
+	FAULTS_RESULTS=$(CURDIR)/test/faults/results.md $(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) -v -run '^TestFaults$$' $(TEST_FLAGS) ./test/faults
 
 bench: k8s-binaries
 	$(GO) test -run '^$$' -bench '$(BENCH)' -benchtime 1x -count 1 -timeout 60m ./... | $(GO) run ./hack/benchtable
