@@ -4,10 +4,18 @@
 // included), and none for the others.
 //
 // A Store keeps the latest record of every watcher in memory and writes
-// changed records to a Backend in the background: recording never delays
-// delivery. Records only move forward after an acknowledged request, so a
-// record lost or written late makes a restart re-announce changes that
-// were already delivered (duplicates), never skip one (losses).
+// changed records to a Backend in the background. Records only move
+// forward after an acknowledged request, so a record lost or written late
+// makes a restart re-announce changes that were already delivered
+// (duplicates). That alone would lose one kind of change: an object
+// announced to a watcher for the first time, whose acknowledgement was not
+// written yet when the bridge stopped, and which was gone (deleted, or out
+// of the selector) by the restart, is in no record and no list, so nothing
+// would tell the watcher it went. So before a request that names an
+// object new to the watcher's record is published, Telling writes it, as
+// "may have been told", and waits for the write: the one case where
+// recording delays delivery. A restart tells the watcher such objects are
+// gone if they are.
 package checkpoint
 
 import (
@@ -15,6 +23,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -48,10 +58,18 @@ type Store struct {
 
 	mu      sync.Mutex
 	views   map[string]watch.View // by watcher key
-	dirty   map[string]bool       // written at the next flush (deleted if absent from views)
+	maybe   map[string]watch.View // by watcher key: recorded by Telling, not acknowledged since
+	dirty   map[string]bool       // written at the next flush (deleted if absent from views and maybe)
 	loaded  int
 	written int
+
+	flushMu sync.Mutex // one Flush at a time, so that a Flush that returns has written what was dirty when it was called
 }
+
+// maybePrefix marks, in a stored record, the Refs of a watcher's "may
+// have been told" objects ("maybe:" and the Ref's Key, which never starts
+// so).
+const maybePrefix = "maybe:"
 
 var _ watch.Checkpoint = (*Store)(nil)
 
@@ -63,7 +81,7 @@ func New(b Backend, opts Options) *Store {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Store{b: b, opts: opts, log: opts.Logger, views: map[string]watch.View{}, dirty: map[string]bool{}}
+	return &Store{b: b, opts: opts, log: opts.Logger, views: map[string]watch.View{}, maybe: map[string]watch.View{}, dirty: map[string]bool{}}
 }
 
 // Load reads every record; a record that does not decode is dropped (its
@@ -81,7 +99,20 @@ func (s *Store) Load(ctx context.Context) error {
 			s.log.Warn("dropping a checkpoint that does not decode", "watcher", k, "error", err)
 			continue
 		}
-		s.views[k] = v
+		told, maybe := watch.View{}, watch.View{}
+		for ref, seen := range v {
+			if r, ok := strings.CutPrefix(ref, maybePrefix); ok {
+				maybe[r] = seen
+			} else {
+				told[ref] = seen
+			}
+		}
+		if len(told) > 0 || len(maybe) == 0 {
+			s.views[k] = told
+		}
+		if len(maybe) > 0 {
+			s.maybe[k] = maybe
+		}
 	}
 	s.loaded = len(s.views)
 	s.log.Info("checkpoints loaded", "watchers", s.loaded)
@@ -97,11 +128,87 @@ func (s *Store) Told(w cache.Ref) (watch.View, bool) {
 	return v, ok
 }
 
-// Acked implements watch.Checkpoint; it never blocks on the backend.
+// Acked implements watch.Checkpoint; it never blocks on the backend. The
+// objects Telling recorded for the Refs of v are covered by it.
 func (s *Store) Acked(w cache.Ref, v watch.View) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.recordLocked(w.Key(), v)
+	k := w.Key()
+	s.recordLocked(k, v)
+	if old := s.maybe[k]; len(old) > 0 {
+		m := make(watch.View, len(old))
+		for ref, seen := range old {
+			if _, ok := v[ref]; !ok {
+				m[ref] = seen
+			}
+		}
+		if len(m) == 0 {
+			delete(s.maybe, k)
+		} else {
+			s.maybe[k] = m
+		}
+	}
+}
+
+// Telling implements watch.Checkpoint: the objects of causes that are in
+// their Ref's set and new to the watcher's record are recorded and
+// written before it returns. Causes about objects already recorded (by
+// namespace, name and uid), or gone, need no write.
+func (s *Store) Telling(ctx context.Context, w cache.Ref, causes []watch.Cause) error {
+	k := w.Key()
+	s.mu.Lock()
+	var m watch.View
+	for _, c := range causes {
+		if c.Name == "" || c.Op == watch.OpDeleted || c.Op == watch.OpLeft || (c.Op == watch.OpRelisted && c.ResourceVersion == "") {
+			continue
+		}
+		ref := c.Watched.Key()
+		if holds(s.views[k][ref], c) || holds(s.maybe[k][ref], c) || holds(m[ref], c) {
+			continue
+		}
+		if m == nil {
+			m = watch.View{}
+		}
+		m[ref] = append(m[ref], watch.Seen{Namespace: c.Namespace, Name: c.Name, UID: c.UID, ResourceVersion: c.ResourceVersion})
+	}
+	if m == nil {
+		s.mu.Unlock()
+		return nil
+	}
+	// Records are replaced, never modified: MayHaveTold hands them out.
+	old := s.maybe[k]
+	next := make(watch.View, len(old)+len(m))
+	for ref, seen := range old {
+		next[ref] = seen
+	}
+	for ref, seen := range m {
+		next[ref] = append(slices.Clone(next[ref]), seen...)
+	}
+	s.maybe[k] = next
+	s.dirty[k] = true
+	s.mu.Unlock()
+	if err := s.Flush(ctx); err != nil {
+		return fmt.Errorf("record objects %s may be told of: %w", k, err)
+	}
+	return nil
+}
+
+// holds reports whether seen has c's object (namespace, name and uid).
+func holds(seen []watch.Seen, c watch.Cause) bool {
+	for _, s := range seen {
+		if s.Name == c.Name && s.Namespace == c.Namespace && s.UID == c.UID {
+			return true
+		}
+	}
+	return false
+}
+
+// MayHaveTold implements watch.Checkpoint. The view returned must not be
+// modified.
+func (s *Store) MayHaveTold(w cache.Ref) watch.View {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.maybe[w.Key()]
 }
 
 // Baseline implements watch.Checkpoint; it never blocks on the backend.
@@ -131,8 +238,11 @@ func (s *Store) Forget(w cache.Ref) {
 	k := w.Key()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if _, ok := s.views[k]; ok {
+	_, told := s.views[k]
+	_, maybe := s.maybe[k]
+	if told || maybe {
 		delete(s.views, k)
+		delete(s.maybe, k)
 		s.dirty[k] = true
 	}
 }
@@ -168,8 +278,12 @@ func (s *Store) Start(ctx context.Context) error {
 	}
 }
 
-// Flush writes the records changed since the last flush.
+// Flush writes the records changed since the last flush. Flushes run one
+// at a time: when Flush returns nil, every record changed before it was
+// called is written.
 func (s *Store) Flush(ctx context.Context) error {
+	s.flushMu.Lock()
+	defer s.flushMu.Unlock()
 	s.mu.Lock()
 	if len(s.dirty) == 0 {
 		s.mu.Unlock()
@@ -179,9 +293,20 @@ func (s *Store) Flush(ctx context.Context) error {
 	var deletes []string
 	for k := range s.dirty {
 		v, ok := s.views[k]
-		if !ok {
+		maybe := s.maybe[k]
+		if !ok && len(maybe) == 0 {
 			deletes = append(deletes, k)
 			continue
+		}
+		if len(maybe) > 0 {
+			all := make(watch.View, len(v)+len(maybe))
+			for ref, seen := range v {
+				all[ref] = seen
+			}
+			for ref, seen := range maybe {
+				all[maybePrefix+ref] = seen
+			}
+			v = all
 		}
 		b, err := json.Marshal(v)
 		if err != nil {

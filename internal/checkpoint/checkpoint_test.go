@@ -307,3 +307,75 @@ func TestFileBackend(t *testing.T) {
 		t.Fatal("a corrupt file loaded")
 	}
 }
+
+// An object announced to a watcher whose acknowledgement was not written
+// when the bridge died (here: the file as it was before the final flush),
+// and which left the watcher's selector while the bridge was down, is
+// announced gone after the restart: Telling wrote it before it was told.
+// Without that, it is in no record and no list, and the watcher would
+// never hear it went (found by the fault suite, test/faults).
+func TestAnnouncedThenGoneBeforeTheRecord(t *testing.T) {
+	ctx := context.Background()
+	cs := kubernetes.NewForConfigOrDie(env.Config)
+	ns := "cp-" + fmt.Sprint(time.Now().UnixNano()%1e9)
+	if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	sel := cache.Ref{Version: "v1", Kind: "ConfigMap", Namespace: ns, Selector: "app=x"}
+	subs := map[string][]cache.Ref{"w": {sel}}
+	path := filepath.Join(t.TempDir(), "checkpoints.json")
+
+	// No periodic writes: only Telling's and the final flush write.
+	store := New(&File{Path: path}, Options{Interval: time.Hour})
+	if err := store.Load(ctx); err != nil {
+		t.Fatal(err)
+	}
+	rec := &recorder{reqs: map[string][]watch.Request{}}
+	e, err := watch.New(env.Config, rec, watch.Options{Checkpoint: store, Workers: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runCtx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Go(func() { _ = e.Start(runCtx) })
+	wg.Go(func() { _ = store.Start(runCtx) })
+	<-e.Started()
+	if err := e.Subscribe(ctx, watch.Subscription{Watcher: watcher("w"), Watched: subs["w"]}); err != nil {
+		t.Fatal(err)
+	}
+	// Announced: b enters the selector.
+	b, err := cs.CoreV1().ConfigMaps(ns).Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "b", Labels: map[string]string{"app": "x"}}}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "b announced", func() bool { return len(rec.causes("w")) > 0 })
+	// The bridge dies before the acknowledgement is written: what is on
+	// disk now is what a restart reads.
+	onDisk, err := os.ReadFile(path)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		t.Fatal(err)
+	}
+	cancel()
+	wg.Wait()
+	if onDisk == nil {
+		err = os.Remove(path)
+	} else {
+		err = os.WriteFile(path, onDisk, 0o600)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	// While down, b leaves the selector.
+	b.Labels = map[string]string{"app": "y"}
+	if _, err := cs.CoreV1().ConfigMaps(ns).Update(ctx, b, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	rec2 := &recorder{reqs: map[string][]watch.Request{}}
+	_, _, stop := run(t, path, rec2, subs)
+	defer stop()
+	eventually(t, "w told after the restart", func() bool { return len(rec2.causes("w")) > 0 })
+	want := []watch.Cause{{Watched: sel, Namespace: ns, Name: "b", UID: b.UID, Op: watch.OpRelisted}}
+	if got := rec2.causes("w"); !slices.Equal(got, want) {
+		t.Fatalf("causes after the restart %+v, want %+v (b is gone from the selector)", got, want)
+	}
+}

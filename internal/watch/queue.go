@@ -237,7 +237,19 @@ func (e *Engine) process(ctx context.Context, w cache.Ref) {
 	if !ok {
 		return
 	}
-	res, err := e.reconcile(ctx, req)
+	var (
+		res Result
+		err error
+	)
+	if e.opts.Checkpoint != nil {
+		// What the request may tell is recorded before it can be told.
+		if err = e.opts.Checkpoint.Telling(ctx, w, req.Causes); err != nil {
+			err = fmt.Errorf("record what %s may be told before publishing: %w", w.Key(), err)
+		}
+	}
+	if err == nil {
+		res, err = e.reconcile(ctx, req)
+	}
 	if err == nil && view != nil {
 		e.opts.Checkpoint.Acked(w, view)
 	}
