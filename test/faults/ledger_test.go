@@ -40,8 +40,8 @@ type expectation struct {
 	c       *change
 	watcher string
 	covered time.Time // zero while not covered
-	// transient: covered only because the object left the watcher's set
-	// before the bridge told anything of it.
+	// transient: covered because the object left the watcher's set
+	// before the bridge told anything of it (it may tell it later).
 	transient bool
 }
 
@@ -113,8 +113,7 @@ type ledger struct {
 	history map[objWatcher][]string
 	// ended: the object left the watcher's set for good (a leave or a
 	// delete was recorded for it).
-	ended      map[seenKey]bool
-	transients map[string]int // by namespace
+	ended map[seenKey]bool
 }
 
 type objWatcher struct {
@@ -131,7 +130,7 @@ type recvStats struct {
 func newLedger() *ledger {
 	return &ledger{exps: map[string][]*expectation{}, pending: map[string][]*expectation{}, changes: map[string]int{},
 		seen: map[seenKey]seenState{}, resyncs: map[string][]time.Time{}, ids: map[string]string{},
-		versions: map[string]bool{}, recv: map[string]*recvStats{}, history: map[objWatcher][]string{}, ended: map[seenKey]bool{}, transients: map[string]int{}}
+		versions: map[string]bool{}, recv: map[string]*recvStats{}, history: map[objWatcher][]string{}, ended: map[seenKey]bool{}}
 }
 
 // record adds a change the driver made, stamped now. A change no
@@ -292,9 +291,6 @@ func (l *ledger) sweep(ns string) (oldest time.Time, uncovered int) {
 	for _, e := range l.pending[ns] {
 		if l.coveredLocked(e) {
 			e.covered = now
-			if e.transient {
-				l.transients[ns]++
-			}
 			continue
 		}
 		keep = append(keep, e)
@@ -320,7 +316,14 @@ func (l *ledger) stats(ns string) phaseStats {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	ps := phaseStats{changes: l.changes[ns], expectations: len(l.exps[ns]), lost: len(l.pending[ns]),
-		transients: l.transients[ns], problems: slices.Clone(l.problems)}
+		problems: slices.Clone(l.problems)}
+	// Transients: covered only by the exemption, and still never told of
+	// (a gone cause may have come after the object left).
+	for _, e := range l.exps[ns] {
+		if _, told := l.seen[seenKey{watcher: e.watcher, obj: e.c.obj, uid: e.c.uid}]; e.transient && !told {
+			ps.transients++
+		}
+	}
 	if st := l.recv[ns]; st != nil {
 		ps.recv = *st
 	}
