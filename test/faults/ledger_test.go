@@ -2,6 +2,7 @@ package faults
 
 import (
 	"fmt"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -326,6 +327,7 @@ func (l *ledger) stats(ns string) phaseStats {
 	}
 	if st := l.recv[ns]; st != nil {
 		ps.recv = *st
+		ps.recv.bySink = maps.Clone(st.bySink)
 	}
 	for i, e := range l.pending[ns] {
 		if i == 20 {
