@@ -4,8 +4,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
+	"os"
+	"strconv"
+	"strings"
 	"sync"
+	"time"
 )
 
 // Proxy is a TCP proxy on loopback in front of a server, for faults
@@ -24,13 +29,34 @@ type Proxy struct {
 }
 
 // StartProxy listens on a free loopback port and forwards each connection
-// to target (host:port).
+// to target (host:port). The port is below the kernel's ephemeral range,
+// so that no outgoing connection takes it while the proxy is down and Up
+// can listen on it again.
 func StartProxy(target string) (*Proxy, error) {
-	p := &Proxy{target: target, addr: "127.0.0.1:0", conns: map[net.Conn]struct{}{}}
-	if err := p.Up(); err != nil {
-		return nil, err
+	low := ephemeralLow()
+	var err error
+	for range 50 {
+		port := 10000 + rand.IntN(low-10000)
+		p := &Proxy{target: target, addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), conns: map[net.Conn]struct{}{}}
+		if err = p.Up(); err == nil {
+			return p, nil
+		}
 	}
-	return p, nil
+	return nil, err
+}
+
+// ephemeralLow is the first port of the kernel's ephemeral range (32768
+// when it cannot be read).
+func ephemeralLow() int {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			if n, err := strconv.Atoi(f[0]); err == nil && n > 11000 {
+				return n
+			}
+		}
+	}
+	return 32768
 }
 
 // Addr is the proxy's host:port (the same across Down and Up).
@@ -48,7 +74,17 @@ func (p *Proxy) Up() error {
 	if p.ln != nil {
 		return nil
 	}
-	ln, err := net.Listen("tcp", p.addr)
+	// A port just closed may be held for a moment; retry briefly.
+	var (
+		ln  net.Listener
+		err error
+	)
+	for i := range 20 {
+		if ln, err = net.Listen("tcp", p.addr); err == nil || i == 19 {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 	if err != nil {
 		return fmt.Errorf("proxy to %s: listen on %s: %w", p.target, p.addr, err)
 	}
