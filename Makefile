@@ -3,6 +3,7 @@
 #   make demo    throwaway control plane + embedded NATS, live CloudEvents on screen
 #   make test    every test under -race, against a real kube-apiserver and etcd
 #   make bench   benchmark tables
+#   make bench-compare   depbridge vs kubernetes-dependency-watches vs a bare watch (bench/)
 #   make lint    gofmt, go vet, staticcheck
 
 SHELL := /usr/bin/env bash
@@ -24,7 +25,7 @@ BENCH        ?= .
 VERSION      ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS      := -X github.com/depbridge/depbridge/internal/version.Version=$(VERSION)
 
-.PHONY: all build test bench lint fmt fuzz demo image k8s-binaries clean help
+.PHONY: all build test bench bench-compare lint fmt fuzz demo image k8s-binaries clean help
 
 all: build
 
@@ -44,6 +45,13 @@ test: k8s-binaries
 
 bench: k8s-binaries
 	$(GO) test -run '^$$' -bench '$(BENCH)' -benchtime 1x -count 1 -timeout 60m ./... | $(GO) run ./hack/benchtable
+
+# bench-compare runs the side-by-side benchmark in bench/ (its own Go
+# module) and writes its table to bench/results/. BENCH_COMPARE_FLAGS, e.g.
+# "-w 100 -runs 1", make it shorter.
+BENCH_COMPARE_FLAGS ?=
+bench-compare: k8s-binaries
+	cd bench && $(GO) run ./cmd/compare $(BENCH_COMPARE_FLAGS)
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

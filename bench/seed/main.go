@@ -1,7 +1,8 @@
 // Command seed runs github.com/stolostron/kubernetes-dependency-watches on
 // a workload spec, for the driver in bench/cmd/compare: one DynamicWatcher
 // with its cache on, one AddOrUpdateWatcher per watcher (its five named
-// objects and its selector), and a Reconciler that reads the watcher's
+// objects and its selector) followed by that watcher's first reconcile, and
+// a Reconciler that reads the watcher's
 // objects from the cache (as a real reconciler does) and publishes them to
 // JetStream, returning after the PubAck. It is its own module because the
 // library pins client-go v0.31, which cannot build with depbridge's.
@@ -146,7 +147,11 @@ func run() error {
 		return err
 	}
 	r := &reconciler{js: js, subject: s.Subject}
-	dw, err := depwatch.New(cfg, r, &depwatch.Options{EnableCache: true})
+	// As every surveyed consumer configures it: cache on, and no initial
+	// reconcile from the library (a second watcher of a watched object
+	// would get none anyway); the runner reconciles each watcher once
+	// after registering it.
+	dw, err := depwatch.New(cfg, r, &depwatch.Options{EnableCache: true, DisableInitialReconcile: true})
 	if err != nil {
 		return err
 	}
@@ -180,6 +185,16 @@ func run() error {
 				watched = append(watched, depwatch.ObjectIdentifier{Version: "v1", Kind: w.Kind, Namespace: s.Namespace, Selector: w.Selector})
 				if err := dw.AddOrUpdateWatcher(watcher, watched...); err != nil {
 					regErr.Store(fmt.Errorf("AddOrUpdateWatcher %s: %w", w.Name, err))
+					continue
+				}
+				// The watcher's own first reconcile, as the consumer's
+				// controller does it: the library gives none to a watcher
+				// whose objects another watcher watches already.
+				for {
+					if _, err := r.Reconcile(ctx, watcher); err == nil || ctx.Err() != nil {
+						break
+					}
+					time.Sleep(100 * time.Millisecond)
 				}
 			}
 		}()

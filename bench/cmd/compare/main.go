@@ -21,6 +21,9 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/go-logr/logr"
+	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 )
 
 // impls are the implementations, in table order; depbridge is the
@@ -39,13 +42,13 @@ func main() {
 		runsFor  = flag.String("runs-for", "", "runs for given W, overriding -runs: W=n[,W=n]")
 		out      = flag.String("out", "results", "directory for the results file; empty: print only")
 		binDir   = flag.String("bin", "bin", "directory for the implementation binaries")
-		seedDir  = flag.String("seed", "seed", "directory of the seed runner's module")
 		jsonOut  = flag.String("json", "", "also write every run's figures as JSON here")
 		noBuild  = flag.Bool("no-build", false, "use the binaries in -bin as they are")
 		logDir   = flag.String("logs", "", "directory for the implementations' stderr; default a temporary one")
 		writeSed = flag.Uint64("write-seed", 42, "seed of the write schedule")
 	)
 	flag.Parse()
+	ctrllog.SetLogger(logr.Discard())
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
@@ -81,7 +84,7 @@ func main() {
 		bins[n] = abs
 	}
 	if !*noBuild {
-		if err := build(bins, *seedDir); err != nil {
+		if err := build(bins, "."); err != nil {
 			fatal(err)
 		}
 	}
@@ -156,14 +159,15 @@ func summary(r result) string {
 	return s
 }
 
-// build compiles the implementations: depbridge and bare from this module,
-// the seed runner from its own.
-func build(bins map[string]string, seedDir string) error {
+// build compiles the implementations: depbridge and bare from this module
+// (in directory dir), the seed runner from its own (dir/seed).
+func build(bins map[string]string, dir string) error {
 	for name, out := range bins {
 		cmd := exec.Command("go", "build", "-trimpath", "-o", out, "./cmd/"+name)
+		cmd.Dir = dir
 		if name == "seed" {
 			cmd = exec.Command("go", "build", "-trimpath", "-o", out, ".")
-			cmd.Dir = seedDir
+			cmd.Dir = filepath.Join(dir, "seed")
 		}
 		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 		if err := cmd.Run(); err != nil {

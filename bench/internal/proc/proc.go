@@ -25,11 +25,14 @@ type Flags struct {
 
 // ParseFlags parses the command line.
 func ParseFlags() Flags {
+	// A flag set of its own: controller-runtime, linked in through
+	// depbridge, defines -kubeconfig on the global one.
 	var f Flags
-	flag.StringVar(&f.Kubeconfig, "kubeconfig", "", "kubeconfig of the API server")
-	flag.StringVar(&f.NATS, "nats", "", "NATS URL")
-	flag.StringVar(&f.Spec, "spec", "", "workload spec (JSON)")
-	flag.Parse()
+	fs := flag.NewFlagSet(os.Args[0], flag.ExitOnError)
+	fs.StringVar(&f.Kubeconfig, "kubeconfig", "", "kubeconfig of the API server")
+	fs.StringVar(&f.NATS, "nats", "", "NATS URL")
+	fs.StringVar(&f.Spec, "spec", "", "workload spec (JSON)")
+	_ = fs.Parse(os.Args[1:])
 	if f.Kubeconfig == "" || f.NATS == "" || f.Spec == "" {
 		fmt.Fprintln(os.Stderr, "-kubeconfig, -nats and -spec are required")
 		os.Exit(2)
