@@ -99,6 +99,36 @@ func main() {
 
 	began := time.Now()
 	var all []result
+	path := ""
+	if *out != "" {
+		if err := os.MkdirAll(*out, 0o755); err != nil {
+			fatal(err)
+		}
+		path = filepath.Join(*out, fmt.Sprintf("%s-%s.md", time.Now().UTC().Format("2006-01-02"), machineTag()))
+	}
+	// save writes what has been measured so far, after every run, so that
+	// an interrupted benchmark still leaves its table.
+	save := func(final bool) {
+		md := report(all, wl, names, time.Since(began), final)
+		if path != "" {
+			if err := os.WriteFile(path, []byte(md), 0o644); err != nil {
+				fatal(err)
+			}
+		}
+		if *jsonOut != "" {
+			b, _ := json.MarshalIndent(all, "", "  ")
+			if err := os.WriteFile(*jsonOut, b, 0o644); err != nil {
+				fatal(err)
+			}
+		}
+		if final {
+			fmt.Println(md)
+			if path != "" {
+				fmt.Fprintf(os.Stderr, "wrote %s\n", path)
+			}
+		}
+	}
+outer:
 	for _, w := range wl {
 		n := *runs
 		if v, ok := nruns[w.W]; ok {
@@ -110,7 +140,7 @@ func main() {
 		for r := range n {
 			for _, name := range names {
 				if ctx.Err() != nil {
-					fatal(ctx.Err())
+					break outer
 				}
 				if why, ok := skip[name]; ok {
 					all = append(all, result{Impl: name, W: w.W, Run: r, Err: "skipped: an earlier run did not complete (" + why + ")"})
@@ -125,28 +155,14 @@ func main() {
 					skip[name] = res.Err
 				}
 				all = append(all, res)
+				save(false)
 			}
 		}
 	}
-	took := time.Since(began)
-
-	md := report(all, wl, names, took)
-	fmt.Println(md)
-	if *jsonOut != "" {
-		b, _ := json.MarshalIndent(all, "", "  ")
-		if err := os.WriteFile(*jsonOut, b, 0o644); err != nil {
-			fatal(err)
-		}
-	}
-	if *out != "" {
-		if err := os.MkdirAll(*out, 0o755); err != nil {
-			fatal(err)
-		}
-		path := filepath.Join(*out, fmt.Sprintf("%s-%s.md", time.Now().UTC().Format("2006-01-02"), machineTag()))
-		if err := os.WriteFile(path, []byte(md), 0o644); err != nil {
-			fatal(err)
-		}
-		fmt.Fprintf(os.Stderr, "wrote %s\n", path)
+	save(ctx.Err() == nil)
+	if ctx.Err() != nil {
+		// Print the partial table too.
+		fmt.Println(report(all, wl, names, time.Since(began), false))
 	}
 }
 

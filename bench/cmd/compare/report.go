@@ -71,6 +71,7 @@ var metrics = []metric{
 	{"after API server restart: LIST calls (relists)", phaseRestart, "%.0f", func(r result) float64 { return float64(r.Relists) }},
 	{"after restart: WATCH requests", phaseRestart, "%.0f", func(r result) float64 { return float64(r.Rewatches) }},
 	{"after restart: reconciles emitted", phaseRestart, "%.0f", func(r result) float64 { return float64(r.RestartMsgs) }},
+	{"after restart: API server start to ready (s)", phaseRestart, "%.1f", func(r result) float64 { return r.APIReadySec }},
 	{"after restart: time to recover (s)", phaseRestart, "%.2f", func(r result) float64 { return r.RecoverSec }},
 }
 
@@ -108,11 +109,15 @@ func cell(rs []result, m metric) (float64, string, bool) {
 	return median(v), note, true
 }
 
-func report(all []result, wls []workload, names []string, took time.Duration) string {
+func report(all []result, wls []workload, names []string, took time.Duration, final bool) string {
 	var b strings.Builder
 	now := time.Now().UTC()
 	fmt.Fprintf(&b, "# depbridge vs kubernetes-dependency-watches vs a bare watch, %s\n\n", now.Format("2006-01-02 15:04 MST"))
-	fmt.Fprintf(&b, "Produced by `make bench-compare` in %s.\n\n", took.Round(time.Second))
+	if final {
+		fmt.Fprintf(&b, "Produced by `make bench-compare` in %s.\n\n", took.Round(time.Second))
+	} else {
+		fmt.Fprintf(&b, "**Partial**: the benchmark was interrupted or is still running; %s measured so far.\n\n", took.Round(time.Second))
+	}
 	b.WriteString("## Machine\n\n")
 	fmt.Fprintf(&b, "- %s, %d cores, %s memory, %s/%s\n", cpuModel(), runtime.NumCPU(), memTotal(), runtime.GOOS, runtime.GOARCH)
 	fmt.Fprintf(&b, "- %s; kube-apiserver %s and etcd %s (envtest, one fresh pair per run); nats-server %s in the driver process\n",
@@ -147,10 +152,10 @@ func report(all []result, wls []workload, names []string, took time.Duration) st
 	b.WriteString(`Implementations:
 
 - **depbridge**: the product path (internal/bridge: engine, publisher, JetStream sink) configured with one subscription per watcher, default settings (256 workers).
-- **seed**: kubernetes-dependency-watches ` + SeedVersion + `, one DynamicWatcher (cache on) with AddOrUpdateWatcher per watcher; its Reconciler reads the watcher's objects from the cache and publishes them with a synchronous JetStream Publish (waits for the ack). The library runs one reconcile worker.
+- **seed**: kubernetes-dependency-watches ` + SeedVersion + `, one DynamicWatcher (EnableCache, DisableInitialReconcile, as its consumers configure it) with AddOrUpdateWatcher per watcher, each followed by one reconcile of that watcher from the runner (the library gives none to a watcher whose objects another watcher already watches); its Reconciler reads the watcher's objects from the cache and publishes them with a synchronous JetStream Publish (waits for the ack). The library runs one reconcile worker.
 - **bare**: one client-go metadata informer per kind that publishes every event (one message per object change, no watchers, asynchronous publish, acks counted). The floor: what the API server and broker allow. Its "initial reconcile" is every object's first message, and its latency is per write rather than per (write, watcher).
 
-How measured: LIST and WATCH requests are counted in each process's own client transport; "open" is the number of watch response bodies not closed. Latency is from just before the PATCH request to the stream's timestamp of the first message for that watcher that reports the object at that resourceVersion or later (depbridge: its causes; seed: the cached objects it read; bare: the event). RSS peak is VmHWM, CPU is utime+stime of the process, Go heap is HeapInuse sampled every 100ms in the process. "Reconciles emitted" after the restart leave out the probe's. Every figure is the median of the runs that reached it.
+How measured: LIST and WATCH requests are counted in each process's own client transport; "open" is the number of watch response bodies not closed. depbridge and the bare informer use client-go v0.37's Reflector, which lists through a WATCH with sendInitialEvents (WatchList) where the server allows it, so they make no LIST call; the seed (client-go v0.31, its own List then RetryWatcher) makes one LIST per watched name or selector. Latency is from just before the PATCH request to the stream's timestamp of the first message for that watcher that reports the object at that resourceVersion or later (depbridge: its causes; seed: the cached objects it read; bare: the event). RSS peak is VmHWM, CPU is utime+stime of the process, Go heap is HeapInuse sampled every 100ms in the process. "Reconciles emitted" after the restart leave out the probe's. "Time to recover" runs from the probe write, made as soon as the restarted API server is ready, to the last of its watchers being told; "start to ready" is how long the restarted API server took to report ready (with the implementation's watches reconnecting). Every figure is the median of the runs that reached it.
 
 `)
 	for _, wl := range wls {
@@ -199,12 +204,12 @@ How measured: LIST and WATCH requests are counted in each process's own client t
 	}
 
 	b.WriteString("## Every run\n\n")
-	b.WriteString("| impl | W | run | initial s | open watches | start-up LISTs | p50 ms | p99 ms | max ms | pairs missed | req/s | RSS MiB | heap MiB | CPU s | relists | restart msgs | recover s | error |\n")
-	b.WriteString("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+	b.WriteString("| impl | W | run | initial s | open watches | start-up LISTs | p50 ms | p99 ms | max ms | pairs missed | req/s | RSS MiB | heap MiB | CPU s | relists | restart msgs | recover s | API ready s | error |\n")
+	b.WriteString("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, r := range all {
-		fmt.Fprintf(&b, "| %s | %d | %d | %.2f | %d | %d | %.1f | %.1f | %.1f | %d/%d | %.0f | %.0f | %.1f | %.2f | %d | %d | %.2f | %s |\n",
+		fmt.Fprintf(&b, "| %s | %d | %d | %.2f | %d | %d | %.1f | %.1f | %.1f | %d/%d | %.0f | %.0f | %.1f | %.2f | %d | %d | %.2f | %.1f | %s |\n",
 			r.Impl, r.W, r.Run+1, r.InitialSec, r.OpenWatches, r.InitialLists, r.P50ms, r.P99ms, r.MaxMs, r.PairsMissed, r.Pairs,
-			r.PerSec, r.RSSPeakMiB, r.HeapPeakMiB, r.CPUSec, r.Relists, r.RestartMsgs, r.RecoverSec, escape(r.Err))
+			r.PerSec, r.RSSPeakMiB, r.HeapPeakMiB, r.CPUSec, r.Relists, r.RestartMsgs, r.RecoverSec, r.APIReadySec, escape(r.Err))
 	}
 	return b.String()
 }

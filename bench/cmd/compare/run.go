@@ -79,6 +79,7 @@ type result struct {
 	RecoverSec   float64 `json:"recoverSec"`
 	Restarted    bool    `json:"restarted"`
 	RecoverMissd int     `json:"recoverMissed"`
+	APIReadySec  float64 `json:"apiReadySec"`
 
 	RSSPeakMiB  float64 `json:"rssPeakMiB"`
 	HeapPeakMiB float64 `json:"heapPeakMiB"`
@@ -492,9 +493,17 @@ func runOne(ctx context.Context, name, bin string, wl workload, runIdx int, logD
 	if err := env.StopAPIServer(); err != nil {
 		return fail("stop API server", err)
 	}
+	stopped := time.Now()
 	if err := env.StartAPIServer(); err != nil {
-		return fail("start API server", err)
+		// envtest gives up waiting after 60s but leaves the process
+		// running: give it two more minutes before calling the run
+		// failed, since a reconnect storm is what is being measured.
+		if !waitReady(ctx, cs, 2*time.Minute) {
+			return fail("restart", fmt.Errorf("API server not ready %s after it was started again: %v",
+				time.Since(stopped).Round(time.Second), err))
+		}
 	}
+	res.APIReadySec = time.Since(stopped).Seconds()
 	probe := s.Objects[0]
 	pw := patch(ctx, cs, s.Namespace, probe, "probe")
 	if pw.err != nil {
@@ -536,6 +545,21 @@ func runOne(ctx context.Context, name, bin string, wl workload, runIdx int, logD
 	res.RestartMsgs = max(0, rec.count.Load()-msgs0-int64(len(who)))
 	res.Restarted = true
 	return res
+}
+
+// waitReady polls the API server's /readyz for up to d.
+func waitReady(ctx context.Context, cs kubernetes.Interface, d time.Duration) bool {
+	deadline := time.Now().Add(d)
+	for time.Now().Before(deadline) && ctx.Err() == nil {
+		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		_, err := cs.Discovery().RESTClient().Get().AbsPath("/readyz").DoRaw(rctx)
+		cancel()
+		if err == nil {
+			return true
+		}
+		time.Sleep(time.Second)
+	}
+	return false
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
