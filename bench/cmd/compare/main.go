@@ -59,7 +59,7 @@ func main() {
 			fatal(fmt.Errorf("bad -w %q", f))
 		}
 		wl = append(wl, workload{W: w, Rate: *rate, Duration: *dur, Warmup: *warmup, InitialTimeout: *initial,
-			DrainTimeout: 60 * time.Second, RecoverTimeout: 120 * time.Second, Seed: *writeSed})
+			DrainTimeout: 60 * time.Second, RecoverTimeout: 60 * time.Second, Seed: *writeSed})
 	}
 	nruns := map[int]int{}
 	for _, f := range strings.Split(*runsFor, ",") {

@@ -114,7 +114,7 @@ func report(all []result, wls []workload, names []string, took time.Duration, fi
 	now := time.Now().UTC()
 	fmt.Fprintf(&b, "# depbridge vs kubernetes-dependency-watches vs a bare watch, %s\n\n", now.Format("2006-01-02 15:04 MST"))
 	if final {
-		fmt.Fprintf(&b, "Produced by `make bench-compare` in %s.\n\n", took.Round(time.Second))
+		fmt.Fprintf(&b, "Produced by `make bench-compare` in %s (`compare %s`).\n\n", took.Round(time.Second), strings.Join(os.Args[1:], " "))
 	} else {
 		fmt.Fprintf(&b, "**Partial**: the benchmark was interrupted or is still running; %s measured so far.\n\n", took.Round(time.Second))
 	}

@@ -496,9 +496,9 @@ func runOne(ctx context.Context, name, bin string, wl workload, runIdx int, logD
 	stopped := time.Now()
 	if err := env.StartAPIServer(); err != nil {
 		// envtest gives up waiting after 60s but leaves the process
-		// running: give it two more minutes before calling the run
+		// running: give it one more minute before calling the run
 		// failed, since a reconnect storm is what is being measured.
-		if !waitReady(ctx, cs, 2*time.Minute) {
+		if !waitReady(ctx, cs, time.Minute) {
 			return fail("restart", fmt.Errorf("API server not ready %s after it was started again: %v",
 				time.Since(stopped).Round(time.Second), err))
 		}
@@ -537,7 +537,7 @@ func runOne(ctx context.Context, name, bin string, wl workload, runIdx int, logD
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	rec.quiet(ctx, 3*time.Second, 120*time.Second)
+	rec.quiet(ctx, 3*time.Second, 60*time.Second)
 	if st, err = p.read(); err != nil {
 		return fail("stats", err)
 	}
