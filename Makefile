@@ -4,6 +4,7 @@
 #   make test    every test under -race, against a real kube-apiserver and etcd
 #   make test-faults  the fault suite alone (kill, broker outage, API server restart, 410, leader kill); writes test/faults/results.md
 #   make bench   benchmark tables
+#   make bench-compare   depbridge vs kubernetes-dependency-watches vs a bare watch (bench/)
 #   make lint    gofmt, go vet, staticcheck
 
 SHELL := /usr/bin/env bash
@@ -25,7 +26,7 @@ BENCH        ?= .
 VERSION      ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS      := -X github.com/depbridge/depbridge/internal/version.Version=$(VERSION)
 
-.PHONY: all build test test-faults bench lint fmt fuzz demo image k8s-binaries clean help
+.PHONY: all build test test-faults bench bench-compare lint fmt fuzz demo image k8s-binaries clean help
 
 all: build
 
@@ -51,6 +52,13 @@ test-faults: k8s-binaries
 
 bench: k8s-binaries
 	$(GO) test -run '^$$' -bench '$(BENCH)' -benchtime 1x -count 1 -timeout 60m ./... | $(GO) run ./hack/benchtable
+
+# bench-compare runs the side-by-side benchmark in bench/ (its own Go
+# module) and writes its table to bench/results/. BENCH_COMPARE_FLAGS, e.g.
+# "-w 100 -runs 1", make it shorter.
+BENCH_COMPARE_FLAGS ?=
+bench-compare: k8s-binaries
+	cd bench && $(GO) run ./cmd/compare $(BENCH_COMPARE_FLAGS)
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

@@ -1,0 +1,110 @@
+// Command depbridge runs depbridge's bridge (engine, publisher and
+// JetStream sink, the product path) on a workload spec, for the driver in
+// cmd/compare. It reports its stats on the endpoint it prints.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/klog/v2"
+
+	"github.com/depbridge/depbridge/bench/internal/proc"
+	"github.com/depbridge/depbridge/bench/spec"
+	"github.com/depbridge/depbridge/internal/bridge"
+	"github.com/depbridge/depbridge/internal/config"
+	"github.com/depbridge/depbridge/internal/testenv"
+)
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "depbridge:", err)
+		os.Exit(1)
+	}
+}
+
+func run() error {
+	f := proc.ParseFlags()
+	s, err := spec.Read(f.Spec)
+	if err != nil {
+		return err
+	}
+	rest, err := clientcmd.BuildConfigFromFlags("", f.Kubeconfig)
+	if err != nil {
+		return err
+	}
+	rest.QPS, rest.Burst = 1000, 2000
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	klog.SetSlogLogger(log.With("logger", "client-go"))
+
+	cfg, err := config.Parse("bench.yaml", configText(s, f.NATS))
+	if err != nil {
+		return err
+	}
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	counts := testenv.NewFaults()
+	proc.Serve(func() (int64, int64, int) {
+		l, w := counts.Counts()
+		return l, w, counts.Open()
+	})
+	b, err := bridge.New(bridge.Options{Config: cfg, REST: counts.Wrap(rest), Listen: "127.0.0.1:0", Instance: "bench", Logger: log})
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	go func() {
+		select {
+		case <-b.Started():
+			proc.Ready.Store(true)
+		case <-ctx.Done():
+		}
+	}()
+	return b.Start(ctx)
+}
+
+// configText is the bridge's configuration for s: one JetStream sink, one
+// route publishing to <subject>.<watcher name> in binary mode, and one
+// subscription per watcher. JSON is YAML.
+func configText(s *spec.Spec, natsURL string) []byte {
+	type ref struct {
+		Version   string `json:"version"`
+		Kind      string `json:"kind"`
+		Namespace string `json:"namespace"`
+		Name      string `json:"name,omitempty"`
+		Selector  string `json:"selector,omitempty"`
+	}
+	type sub struct {
+		Watcher ref   `json:"watcher"`
+		Watched []ref `json:"watched"`
+	}
+	subs := make([]sub, 0, len(s.Watchers))
+	for _, w := range s.Watchers {
+		x := sub{Watcher: ref{Version: "v1", Kind: "ConfigMap", Namespace: "watchers", Name: w.Name}}
+		for _, n := range w.Names {
+			x.Watched = append(x.Watched, ref{Version: "v1", Kind: w.Kind, Namespace: s.Namespace, Name: n})
+		}
+		x.Watched = append(x.Watched, ref{Version: "v1", Kind: w.Kind, Namespace: s.Namespace, Selector: w.Selector})
+		subs = append(subs, x)
+	}
+	c := map[string]any{
+		"cluster": "bench",
+		"sinks":   []any{map[string]any{"name": "js", "jetstream": map[string]any{"url": natsURL, "stream": s.Stream}}},
+		"routes": []any{map[string]any{"name": "default", "sink": "js", "subject": s.Subject + ".{{.Name}}",
+			"mode": "binary"}},
+		"subscriptions": subs,
+	}
+	b, err := json.Marshal(c)
+	if err != nil {
+		panic(err)
+	}
+	return b
+}
