@@ -305,8 +305,8 @@ func TestDockerfile(t *testing.T) {
 		}
 		dir := path.Dir(rel)
 		if !strings.HasPrefix(dir, "cmd/") && !strings.HasPrefix(dir, "internal/") && !included(ignore, rel) &&
-			!strings.HasPrefix(dir, "examples/") && !strings.HasPrefix(dir, "hack/") {
-			t.Errorf("package %s is neither in the build context nor a program (examples/, hack/)", dir)
+			!strings.HasPrefix(dir, "examples/") && !strings.HasPrefix(dir, "hack/") && !strings.HasPrefix(dir, "test/") {
+			t.Errorf("package %s is neither in the build context nor a program or test suite (examples/, hack/, test/)", dir)
 		}
 		return nil
 	})
