@@ -9,7 +9,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
@@ -21,12 +20,8 @@ import (
 	"k8s.io/client-go/metadata"
 	"k8s.io/client-go/metadata/metadatainformer"
 	"k8s.io/client-go/tools/cache"
-	"k8s.io/client-go/tools/clientcmd"
-	"k8s.io/klog/v2"
 
 	"github.com/depbridge/depbridge/bench/internal/proc"
-	"github.com/depbridge/depbridge/bench/spec"
-	"github.com/depbridge/depbridge/internal/testenv"
 )
 
 func main() {
@@ -49,22 +44,10 @@ type message struct {
 }
 
 func run() error {
-	f := proc.ParseFlags()
-	s, err := spec.Read(f.Spec)
+	f, s, rest, _, err := proc.Setup()
 	if err != nil {
 		return err
 	}
-	rest, err := clientcmd.BuildConfigFromFlags("", f.Kubeconfig)
-	if err != nil {
-		return err
-	}
-	rest.QPS, rest.Burst = 1000, 2000
-	klog.SetSlogLogger(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
-	counts := testenv.NewFaults()
-	proc.Serve(func() (int64, int64, int) {
-		l, w := counts.Counts()
-		return l, w, counts.Open()
-	})
 	nc, err := nats.Connect(f.NATS, nats.MaxReconnects(-1))
 	if err != nil {
 		return err
@@ -105,7 +88,7 @@ func run() error {
 		acks <- fut
 	}
 
-	mc, err := metadata.NewForConfig(counts.Wrap(rest))
+	mc, err := metadata.NewForConfig(rest)
 	if err != nil {
 		return err
 	}

@@ -7,19 +7,14 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
-
-	"k8s.io/client-go/tools/clientcmd"
-	"k8s.io/klog/v2"
 
 	"github.com/depbridge/depbridge/bench/internal/proc"
 	"github.com/depbridge/depbridge/bench/spec"
 	"github.com/depbridge/depbridge/internal/bridge"
 	"github.com/depbridge/depbridge/internal/config"
-	"github.com/depbridge/depbridge/internal/testenv"
 )
 
 func main() {
@@ -30,18 +25,10 @@ func main() {
 }
 
 func run() error {
-	f := proc.ParseFlags()
-	s, err := spec.Read(f.Spec)
+	f, s, rest, log, err := proc.Setup()
 	if err != nil {
 		return err
 	}
-	rest, err := clientcmd.BuildConfigFromFlags("", f.Kubeconfig)
-	if err != nil {
-		return err
-	}
-	rest.QPS, rest.Burst = 1000, 2000
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	klog.SetSlogLogger(log.With("logger", "client-go"))
 
 	cfg, err := config.Parse("bench.yaml", configText(s, f.NATS))
 	if err != nil {
@@ -50,12 +37,7 @@ func run() error {
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
-	counts := testenv.NewFaults()
-	proc.Serve(func() (int64, int64, int) {
-		l, w := counts.Counts()
-		return l, w, counts.Open()
-	})
-	b, err := bridge.New(bridge.Options{Config: cfg, REST: counts.Wrap(rest), Listen: "127.0.0.1:0", Instance: "bench", Logger: log})
+	b, err := bridge.New(bridge.Options{Config: cfg, REST: rest, Listen: "127.0.0.1:0", Instance: "bench", Logger: log})
 	if err != nil {
 		return err
 	}
