@@ -219,7 +219,7 @@ func (b *Bridge) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	engine, err = watch.New(b.opts.REST, rec, watch.Options{Logger: b.log, Workers: cfg.Engine.Workers, QueueMetrics: queueMetrics,
+	engine, err = watch.New(b.opts.REST, rec, watch.Options{Logger: b.log, Workers: cfg.Engine.Workers, MaxInFlight: cfg.Engine.MaxInFlight, QueueMetrics: queueMetrics,
 		Checkpoint: checkpointer})
 	if err != nil {
 		return err

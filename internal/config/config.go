@@ -202,13 +202,19 @@ type PolicyRule struct {
 
 // Engine tunes the watch engine.
 type Engine struct {
-	// Workers reconcile different watchers concurrently. Each holds one
-	// event until the broker acknowledges it, so workers bound the events
-	// in flight and throughput is about workers / ack latency: 256 workers
-	// at 2-5ms per ack is 50-100k events/s. They are goroutines that
-	// mostly wait, so many cost little; lower it to spare an HTTP receiver
-	// that cannot take that many requests at once. Defaults to 256.
+	// Workers reconcile different watchers concurrently. On JetStream and
+	// Kafka routes a worker builds the event, hands it to the sink and
+	// moves on (maxInFlight bounds the events awaiting acks); on HTTP,
+	// core NATS and stdout routes it holds the event until the send
+	// returns, so workers bound those sends: lower it to spare an HTTP
+	// receiver that cannot take that many requests at once. Workers are
+	// goroutines, cheap. Defaults to 256.
 	Workers int `json:"workers,omitempty"`
+	// MaxInFlight bounds the events handed to JetStream and Kafka sinks
+	// and not yet acknowledged, across all watchers; one watcher has at
+	// most one. Throughput is about maxInFlight / ack latency until the
+	// bridge's CPU is the limit. Defaults to 4096.
+	MaxInFlight int `json:"maxInFlight,omitempty"`
 }
 
 // Checkpoint says where records are kept. Exactly one of File, JetStream

@@ -25,6 +25,9 @@ const (
 	// DefaultWorkers is engine.workers when unset (see Engine.Workers);
 	// watch.Options.Workers defaults to the same.
 	DefaultWorkers = 256
+	// DefaultMaxInFlight is engine.maxInFlight when unset (see
+	// Engine.MaxInFlight); watch.Options.MaxInFlight defaults to the same.
+	DefaultMaxInFlight = 4096
 )
 
 // Default sets every field left at its zero value that has a documented
@@ -65,6 +68,9 @@ func (c *Config) Default() {
 	}
 	if c.Engine.Workers == 0 {
 		c.Engine.Workers = DefaultWorkers
+	}
+	if c.Engine.MaxInFlight == 0 {
+		c.Engine.MaxInFlight = DefaultMaxInFlight
 	}
 }
 

@@ -42,7 +42,7 @@ func TestParse(t *testing.T) {
 	}{
 		"empty mapping gets every default": {
 			yaml: "{}\n",
-			want: Config{Cluster: "default", Listen: ":8080", Engine: Engine{Workers: 256}},
+			want: Config{Cluster: "default", Listen: ":8080", Engine: Engine{Workers: 256, MaxInFlight: 4096}},
 		},
 		"all kinds of values": {
 			yaml: `
@@ -90,7 +90,7 @@ engine: {workers: 2}
 				}},
 				Control: &Control{Sink: "js", Subject: "depbridge.control", Route: "default", MaxMessageBytes: 65536,
 					Policy: Policy{Allow: []PolicyRule{{Groups: []string{""}, Kinds: []string{"ConfigMap"}, Namespaces: []string{"*"}}}, AllowSecrets: true}},
-				Engine: Engine{Workers: 2},
+				Engine: Engine{Workers: 2, MaxInFlight: 4096},
 			},
 		},
 		"defaults of routes and subscriptions": {
@@ -99,7 +99,7 @@ routes: [{name: default, sink: default}]
 subscriptions: [{watcher: {version: v1, kind: A, name: a}, watched: [{version: v1, kind: B, name: b}]}]
 `,
 			want: Config{
-				Cluster: "default", Listen: ":8080", Engine: Engine{Workers: 256},
+				Cluster: "default", Listen: ":8080", Engine: Engine{Workers: 256, MaxInFlight: 4096},
 				Routes: []Route{{Name: "default", Sink: "default", Subject: DefaultSubject, Mode: "binary"}},
 				Subscriptions: []Subscription{{
 					Watcher: cache.Ref{Version: "v1", Kind: "A", Name: "a"}, Watched: []cache.Ref{{Version: "v1", Kind: "B", Name: "b"}},
@@ -116,7 +116,7 @@ subscriptions:
     watched: *common
 `,
 			want: Config{
-				Cluster: "default", Listen: ":8080", Engine: Engine{Workers: 256},
+				Cluster: "default", Listen: ":8080", Engine: Engine{Workers: 256, MaxInFlight: 4096},
 				Subscriptions: []Subscription{
 					{Watcher: cache.Ref{Version: "v1", Kind: "A", Name: "a"}, Watched: []cache.Ref{{Version: "v1", Kind: "B", Name: "b"}}, Route: "default", InitialReconcile: &yes},
 					{Watcher: cache.Ref{Version: "v1", Kind: "A", Name: "c"}, Watched: []cache.Ref{{Version: "v1", Kind: "B", Name: "b"}}, Route: "default", InitialReconcile: &yes},
@@ -125,20 +125,20 @@ subscriptions:
 		},
 		"null values leave defaults; trailing empty document": {
 			yaml: "cluster:\nengine: ~\nsinks: null\n---\n",
-			want: Config{Cluster: "default", Listen: ":8080", Engine: Engine{Workers: 256}},
+			want: Config{Cluster: "default", Listen: ":8080", Engine: Engine{Workers: 256, MaxInFlight: 4096}},
 		},
 		"a duration with no value is left out": {
 			yaml: "sinks:\n  - name: h\n    http:\n      url: http://x\n      timeout:\n",
-			want: Config{Cluster: "default", Listen: ":8080", Engine: Engine{Workers: 256},
+			want: Config{Cluster: "default", Listen: ":8080", Engine: Engine{Workers: 256, MaxInFlight: 4096},
 				Sinks: []Sink{{Name: "h", HTTP: &HTTP{URL: "http://x", Timeout: metav1.Duration{Duration: 10 * time.Second}, MaxConnections: 64}}}},
 		},
 		"JSON is YAML": {
 			yaml: `{"cluster": "c", "engine": {"workers": 7}}`,
-			want: Config{Cluster: "c", Listen: ":8080", Engine: Engine{Workers: 7}},
+			want: Config{Cluster: "c", Listen: ":8080", Engine: Engine{Workers: 7, MaxInFlight: 4096}},
 		},
 		"a date-like string stays as written": {
 			yaml: "cluster: 2024-01-02\n",
-			want: Config{Cluster: "2024-01-02", Listen: ":8080", Engine: Engine{Workers: 256}},
+			want: Config{Cluster: "2024-01-02", Listen: ":8080", Engine: Engine{Workers: 256, MaxInFlight: 4096}},
 		},
 	}
 	for name, tc := range tests {

@@ -140,6 +140,9 @@ func (v *validator) config() {
 	if c.Engine.Workers < 0 {
 		v.errorf("engine.workers", "must not be negative")
 	}
+	if c.Engine.MaxInFlight < 0 {
+		v.errorf("engine.maxInFlight", "must not be negative")
+	}
 	if c.Checkpoint != nil {
 		v.checkpoint("checkpoint", c.Checkpoint)
 	}

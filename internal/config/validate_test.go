@@ -113,11 +113,12 @@ checkpoint:
 		},
 	},
 	"settings": {
-		yaml: "cluster: Prod_1\nlisten: localhost\nengine: {workers: -1}\n",
+		yaml: "cluster: Prod_1\nlisten: localhost\nengine: {workers: -1, maxInFlight: -2}\n",
 		want: []string{
 			"t.yaml:1:10: cluster: a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')",
 			`t.yaml:2:9: listen: must be host:port (for example ":8080")`,
 			`t.yaml:3:19: engine.workers: must not be negative`,
+			`t.yaml:3:36: engine.maxInFlight: must not be negative`,
 		},
 	},
 	"sink names and transports": {

@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	ce "github.com/cloudevents/sdk-go/v2/event"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
 	"github.com/depbridge/depbridge/internal/cache"
@@ -82,66 +83,97 @@ func New(opts Options) (*Reconciler, error) {
 // failure it returns an error that wraps the sink's (so sink.RetryAfter
 // works on it) for the engine to retry; it never gives up on its own.
 func (r *Reconciler) Reconcile(ctx context.Context, req watch.Request) (watch.Result, error) {
+	var err error
+	r.run(ctx, req, false, func(_ watch.Result, e error) { err = e })
+	return watch.Result{}, err
+}
+
+// Begin is Reconcile for the engine's pipelined path: on a sink that is a
+// sink.AsyncSender it hands the event over and returns, and done gets the
+// broker's answer; on other sinks it sends and waits, then calls done.
+func (r *Reconciler) Begin(ctx context.Context, req watch.Request, done func(watch.Result, error)) {
+	r.run(ctx, req, true, done)
+}
+
+// run publishes req and calls done with the result, before it returns
+// unless async and the sink is a sink.AsyncSender.
+func (r *Reconciler) run(ctx context.Context, req watch.Request, async bool, done func(watch.Result, error)) {
 	key := req.Watcher.Key()
 	route, err := r.opts.Router.Route(req.Watcher)
 	if err != nil {
-		return watch.Result{}, fmt.Errorf("route watcher %s: %w", key, err)
+		done(watch.Result{}, fmt.Errorf("route watcher %s: %w", key, err))
+		return
 	}
 	if route == nil || route.Sink == nil {
-		return watch.Result{}, fmt.Errorf("route watcher %s: no route or no sink", key)
+		done(watch.Result{}, fmt.Errorf("route watcher %s: no route or no sink", key))
+		return
 	}
-	if err := r.publish(ctx, req, key, route); err != nil {
+	m := r.opts.Metrics
+	e, t, err := r.prepare(req, key, route)
+	if err != nil {
 		r.setFailing(key, true)
-		if m := r.opts.Metrics; m != nil {
+		if m != nil {
 			m.failed.WithLabelValues(route.SinkName).Inc()
 		}
-		return watch.Result{}, err
+		done(watch.Result{}, err)
+		return
 	}
-	r.setFailing(key, false)
-	return watch.Result{}, nil
+	if m != nil && r.isFailing(key) {
+		m.retries.WithLabelValues(route.SinkName).Inc()
+	}
+	start := time.Now()
+	sent := func(err error) {
+		if m != nil {
+			m.duration.WithLabelValues(route.SinkName).Observe(time.Since(start).Seconds())
+		}
+		if err != nil {
+			r.setFailing(key, true)
+			if m != nil {
+				m.failed.WithLabelValues(route.SinkName).Inc()
+			}
+			done(watch.Result{}, fmt.Errorf("publish reconcile request for %s (event %s) via route %q: %w", key, e.ID(), route.Name, err))
+			return
+		}
+		r.setFailing(key, false)
+		if m != nil {
+			m.published.WithLabelValues(route.SinkName).Inc()
+		}
+		r.log.Debug("published", "watcher", key, "event_id", e.ID(), "route", route.Name, "sink", route.SinkName, "subject", t.Subject)
+		done(watch.Result{}, nil)
+	}
+	if as, ok := route.Sink.(sink.AsyncSender); ok && async {
+		as.SendAsync(t, e, sent)
+		return
+	}
+	sent(route.Sink.Send(ctx, t, e))
 }
 
-func (r *Reconciler) publish(ctx context.Context, req watch.Request, key string, route *sink.Route) error {
+// prepare builds req's event, with the watched objects if the route
+// includes them, and renders its target.
+func (r *Reconciler) prepare(req watch.Request, key string, route *sink.Route) (ce.Event, sink.Target, error) {
 	opts := event.Options{
 		Cluster: r.opts.Cluster, Instance: r.opts.Instance,
 		IncludeObjects: route.IncludeObjects, IncludeSecretData: route.IncludeSecretData,
 	}
 	if route.IncludeObjects {
 		if r.opts.Objects == nil {
-			return fmt.Errorf("route %q includes objects, but the publisher has no way to fetch them", route.Name)
+			return ce.Event{}, sink.Target{}, fmt.Errorf("route %q includes objects, but the publisher has no way to fetch them", route.Name)
 		}
 		objs, err := r.opts.Objects(req.Watcher)
 		if err != nil {
-			return fmt.Errorf("fetch objects of watcher %s: %w", key, err)
+			return ce.Event{}, sink.Target{}, fmt.Errorf("fetch objects of watcher %s: %w", key, err)
 		}
 		opts.Objects = objs
 	}
 	e, err := event.New(req, opts)
 	if err != nil {
-		return err
+		return ce.Event{}, sink.Target{}, err
 	}
 	t, err := route.Target(req.Watcher)
 	if err != nil {
-		return err
+		return ce.Event{}, sink.Target{}, err
 	}
-	if r.isFailing(key) {
-		if m := r.opts.Metrics; m != nil {
-			m.retries.WithLabelValues(route.SinkName).Inc()
-		}
-	}
-	start := time.Now()
-	err = route.Sink.Send(ctx, t, e)
-	if m := r.opts.Metrics; m != nil {
-		m.duration.WithLabelValues(route.SinkName).Observe(time.Since(start).Seconds())
-	}
-	if err != nil {
-		return fmt.Errorf("publish reconcile request for %s (event %s) via route %q: %w", key, e.ID(), route.Name, err)
-	}
-	if m := r.opts.Metrics; m != nil {
-		m.published.WithLabelValues(route.SinkName).Inc()
-	}
-	r.log.Debug("published", "watcher", key, "event_id", e.ID(), "route", route.Name, "sink", route.SinkName, "subject", t.Subject)
-	return nil
+	return e, t, nil
 }
 
 func (r *Reconciler) isFailing(key string) bool {
@@ -161,4 +193,4 @@ func (r *Reconciler) setFailing(key string, failing bool) {
 	}
 }
 
-var _ watch.Reconciler = (*Reconciler)(nil)
+var _ watch.AsyncReconciler = (*Reconciler)(nil)

@@ -226,3 +226,68 @@ func TestReconcileRouteErrors(t *testing.T) {
 		t.Error("registering twice succeeded")
 	}
 }
+
+// pipelined is a sink.AsyncSender that keeps each send's callback for the
+// test to answer.
+type pipelined struct {
+	recorder
+	pending chan func(error)
+}
+
+func (p *pipelined) SendAsync(_ sink.Target, e ce.Event, done func(error)) {
+	p.mu.Lock()
+	p.sent = append(p.sent, e)
+	p.mu.Unlock()
+	p.pending <- done
+}
+
+// Begin hands the event to a pipelining sink and returns; done gets the
+// sink's answer, wrapped, when it comes. On a sink that only sends, done
+// is called before Begin returns.
+func TestBeginPipelines(t *testing.T) {
+	ps := &pipelined{pending: make(chan func(error), 1)}
+	route := newRoute(t, config.Route{Name: "r"}, ps)
+	m, _ := NewMetrics(prometheus.NewRegistry())
+	p, _ := New(Options{Router: RouterFunc(func(cache.Ref) (*sink.Route, error) { return route, nil }), Metrics: m})
+
+	results := make(chan error, 1)
+	done := func(_ watch.Result, err error) { results <- err }
+	p.Begin(context.Background(), request(), done)
+	select {
+	case err := <-results:
+		t.Fatalf("done called before the sink answered: %v", err)
+	default:
+	}
+	answer := <-ps.pending
+	timeout := errors.New("nats: timeout")
+	answer(timeout)
+	if err := <-results; !errors.Is(err, timeout) || !strings.Contains(err.Error(), watcher.Key()) {
+		t.Fatalf("done got %v, want the sink's error naming the watcher", err)
+	}
+	p.Begin(context.Background(), request(), done)
+	(<-ps.pending)(nil)
+	if err := <-results; err != nil {
+		t.Fatal(err)
+	}
+	for name, want := range map[string]float64{"failed": 1, "retries": 1, "published": 1} {
+		c := map[string]*prometheus.CounterVec{"failed": m.failed, "retries": m.retries, "published": m.published}[name]
+		if got := testutil.ToFloat64(c.WithLabelValues("bus")); got != want {
+			t.Errorf("%s = %v, want %v", name, got, want)
+		}
+	}
+	if n := len(ps.sent); n != 2 {
+		t.Errorf("%d events handed to the sink, want 2", n)
+	}
+
+	rec := &recorder{}
+	p, _ = New(Options{Router: RouterFunc(func(cache.Ref) (*sink.Route, error) { return newRoute(t, config.Route{Name: "r"}, rec), nil })})
+	p.Begin(context.Background(), request(), done)
+	select {
+	case err := <-results:
+		if err != nil || len(rec.sent) != 1 {
+			t.Fatalf("done = %v after %d sends, want nil after 1", err, len(rec.sent))
+		}
+	default:
+		t.Fatal("Begin on a sink without SendAsync returned before done")
+	}
+}

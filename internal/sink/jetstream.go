@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"slices"
 	"strings"
+	"sync"
 
 	ce "github.com/cloudevents/sdk-go/v2/event"
 	"github.com/nats-io/nats.go"
@@ -19,21 +20,23 @@ import (
 const (
 	// maxPendingAcks bounds unacknowledged publishes on the connection;
 	// past it PublishMsgAsync stalls briefly, then fails (and the caller
-	// retries). Each engine worker has one publish in flight, so with the
-	// default 256 workers it is never reached; it only guards against a
-	// configuration with thousands of workers.
-	maxPendingAcks = 4096
+	// retries). It is well above the engine's bound on events in flight
+	// (watch.Options.MaxInFlight), so it only guards against a caller
+	// that ignores that bound.
+	maxPendingAcks = 1 << 16
 )
 
 // JetStream publishes to a JetStream stream: at least once. Send returns
-// nil only after the stream's PubAck. Each message carries the event id as
-// Nats-Msg-Id, so within the stream's duplicate window (2 minutes by
-// default) a retried event is stored once.
+// nil, and SendAsync calls back with nil, only after the stream's PubAck.
+// Each message carries the event id as Nats-Msg-Id, so within the stream's
+// duplicate window (2 minutes by default) a retried event is stored once.
 //
-// Concurrent Sends share the connection: each publishes asynchronously and
-// waits for its own ack, so throughput grows with the number of senders.
-// (Measured alternatives that were slower: a synchronous PublishMsg per
-// Send, and spreading Sends over several connections.)
+// Publishes are pipelined on one connection: each is published
+// asynchronously and completed by the client's ack callback, so many
+// events are in flight without a goroutine waiting on each. (Measured
+// alternatives that were slower: a synchronous PublishMsg per Send, one
+// goroutine waiting on each ack future, and spreading Sends over several
+// connections.)
 type JetStream struct {
 	nc      *nats.Conn
 	pub     jetstream.Publisher
@@ -45,6 +48,11 @@ type JetStream struct {
 	name         string
 	log          *slog.Logger
 	inflight     inflight
+
+	mu sync.Mutex
+	// pending holds the callback of each published message until the
+	// client reports its ack or failure.
+	pending map[*nats.Msg]func(error)
 }
 
 // NewJetStream connects to the NATS server of cfg. It does not check
@@ -56,16 +64,18 @@ func NewJetStream(name string, cfg config.JetStream, log *slog.Logger) (*JetStre
 		return nil, err
 	}
 	cfg.Default()
-	ackTimeout := cfg.AckTimeout.Duration
+	s := &JetStream{nc: nc, stream: cfg.Stream, name: name, log: log, pending: map[*nats.Msg]func(error){}}
 	js, err := jetstream.New(nc,
-		jetstream.WithPublishAsyncTimeout(ackTimeout),
+		jetstream.WithPublishAsyncTimeout(cfg.AckTimeout.Duration),
 		jetstream.WithPublishAsyncMaxPending(maxPendingAcks),
+		jetstream.WithPublishAsyncAckHandler(s.acked),
+		jetstream.WithPublishAsyncErrHandler(s.failed),
 	)
 	if err != nil {
 		nc.Close()
 		return nil, fmt.Errorf("jetstream: %w", err)
 	}
-	s := &JetStream{nc: nc, pub: js, streams: js, stream: cfg.Stream, name: name, log: log}
+	s.pub, s.streams = js, js
 	if cfg.Stream != "" {
 		s.expectStream = []string{cfg.Stream}
 	}
@@ -75,13 +85,22 @@ func NewJetStream(name string, cfg config.JetStream, log *slog.Logger) (*JetStre
 // Send publishes e to t.Subject and waits for the PubAck, ctx, or the ack
 // timeout. A duplicate ack (the stream already had this id) is a success.
 func (s *JetStream) Send(ctx context.Context, t Target, e ce.Event) error {
+	return sendAndWait(ctx, s, t, e)
+}
+
+// SendAsync publishes e to t.Subject and calls done with nil on its PubAck
+// (a duplicate ack included), or with the error: no ack within the ack
+// timeout, a disconnection, a stream's rejection, Close.
+func (s *JetStream) SendAsync(t Target, e ce.Event, done func(error)) {
 	if err := s.inflight.add(); err != nil {
-		return err
+		done(err)
+		return
 	}
-	defer s.inflight.done()
 	m, err := encodeNATS(t.Subject, t.Mode, &e)
 	if err != nil {
-		return err
+		s.inflight.done()
+		done(err)
+		return
 	}
 	// The headers jetstream.WithMsgID and WithExpectStream would set,
 	// without the per-publish option machinery.
@@ -89,21 +108,41 @@ func (s *JetStream) Send(ctx context.Context, t Target, e ce.Event) error {
 	if s.expectStream != nil {
 		m.Header[jetstream.ExpectedStreamHeader] = s.expectStream
 	}
-	f, err := s.pub.PublishMsgAsync(m)
+	// Registered before the publish: the ack may come before
+	// PublishMsgAsync returns.
+	s.mu.Lock()
+	s.pending[m] = done
+	s.mu.Unlock()
+	if _, err := s.pub.PublishMsgAsync(m); err != nil {
+		s.complete(m, err)
+	}
+}
+
+// acked is the client's callback for a PubAck.
+func (s *JetStream) acked(_ jetstream.JetStream, m *nats.Msg, ack *jetstream.PubAck) {
+	if ack.Duplicate {
+		s.log.Debug("stream already had the event", "event_id", m.Header.Get(jetstream.MsgIDHeader), "stream", ack.Stream, "seq", ack.Sequence)
+	}
+	s.complete(m, nil)
+}
+
+// failed is the client's callback for a publish that failed.
+func (s *JetStream) failed(_ jetstream.JetStream, m *nats.Msg, err error) { s.complete(m, err) }
+
+// complete calls m's callback once, with err wrapped to name the event.
+func (s *JetStream) complete(m *nats.Msg, err error) {
+	s.mu.Lock()
+	done, ok := s.pending[m]
+	delete(s.pending, m)
+	s.mu.Unlock()
+	if !ok {
+		return
+	}
 	if err != nil {
-		return fmt.Errorf("publish %s to %q: %w", e.ID(), t.Subject, err)
+		err = fmt.Errorf("publish %s to %q: %w", m.Header.Get(jetstream.MsgIDHeader), m.Subject, err)
 	}
-	select {
-	case ack := <-f.Ok():
-		if ack.Duplicate {
-			s.log.Debug("stream already had the event", "event_id", e.ID(), "stream", ack.Stream, "seq", ack.Sequence)
-		}
-		return nil
-	case err := <-f.Err():
-		return fmt.Errorf("publish %s to %q: %w", e.ID(), t.Subject, err)
-	case <-ctx.Done():
-		return fmt.Errorf("publish %s to %q: wait for ack: %w", e.ID(), t.Subject, context.Cause(ctx))
-	}
+	done(err)
+	s.inflight.done()
 }
 
 // Check verifies that one stream captures every subject each pattern can
@@ -157,10 +196,21 @@ func (s *JetStream) check(ctx context.Context, pattern string) error {
 	return fmt.Errorf("jetstream: no JetStream stream captures subject %q; create one with `nats stream add DEPBRIDGE --subjects %q` or set sinks[%s].jetstream.stream", pattern, suggestSubjects(pattern), s.name)
 }
 
-// Close waits for running Sends (and so their acks), flushes and closes the
-// connection.
+// Close waits for the acks of the events in flight until ctx is done,
+// flushes and closes the connection; events still unacknowledged then
+// fail with ErrClosed.
 func (s *JetStream) Close(ctx context.Context) error {
-	return closeNATS(ctx, s.nc, &s.inflight)
+	err := closeNATS(ctx, s.nc, &s.inflight)
+	s.mu.Lock()
+	left := make([]*nats.Msg, 0, len(s.pending))
+	for m := range s.pending {
+		left = append(left, m)
+	}
+	s.mu.Unlock()
+	for _, m := range left {
+		s.complete(m, ErrClosed)
+	}
+	return err
 }
 
 // subjectCovers reports whether every subject matching pattern (whose "*"
@@ -200,6 +250,7 @@ func suggestSubjects(pattern string) string {
 }
 
 var (
-	_ Sink    = (*JetStream)(nil)
-	_ Checker = (*JetStream)(nil)
+	_ Sink        = (*JetStream)(nil)
+	_ AsyncSender = (*JetStream)(nil)
+	_ Checker     = (*JetStream)(nil)
 )

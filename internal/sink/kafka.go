@@ -100,6 +100,28 @@ func (s *Kafka) Send(ctx context.Context, t Target, e ce.Event) error {
 	return nil
 }
 
+// SendAsync produces e as Send does and calls done with the result; a
+// record is tried up to kafkaMaxAttempts times when the error is retriable.
+func (s *Kafka) SendAsync(t Target, e ce.Event, done func(error)) {
+	if err := s.inflight.add(); err != nil {
+		done(err)
+		return
+	}
+	m, err := encodeKafka(t.Subject, t.Mode, &e)
+	if err != nil {
+		s.inflight.done()
+		done(err)
+		return
+	}
+	s.p.produceAsync(context.Background(), &m, func(err error) {
+		if err != nil {
+			err = fmt.Errorf("publish %s to %q: %w", e.ID(), t.Subject, err)
+		}
+		done(err)
+		s.inflight.done()
+	})
+}
+
 // Check reaches the brokers and verifies that every topic without a
 // per-watcher part ("*" in the pattern) exists: the sink never creates
 // topics. Templated topics are checked only by their first Send.
@@ -142,6 +164,7 @@ func (s *Kafka) Close(ctx context.Context) error {
 }
 
 var (
-	_ Sink    = (*Kafka)(nil)
-	_ Checker = (*Kafka)(nil)
+	_ Sink        = (*Kafka)(nil)
+	_ AsyncSender = (*Kafka)(nil)
+	_ Checker     = (*Kafka)(nil)
 )

@@ -110,8 +110,8 @@ type pendingRecord struct {
 	ctx  context.Context // the caller's: once done, the record is not sent
 	msg  *kafka.Message
 	size int
-	at   time.Time  // when it was queued; only set for a linger
-	done chan error // receives the result; buffered, never blocks
+	at   time.Time       // when it was queued; only set for a linger
+	done func(err error) // called once with the result; must not block
 }
 
 func newProducer(client *kafka.Client, transport *kafka.Transport, linger time.Duration, log *slog.Logger) *producer {
@@ -130,11 +130,27 @@ func newProducer(client *kafka.Client, transport *kafka.Transport, linger time.D
 // either: as with kafka-go's Writer, a request given up on may still be
 // reading them.
 func (p *producer) produce(ctx context.Context, m *kafka.Message) error {
+	result := make(chan error, 1) // done never blocks, even after ctx
+	p.produceAsync(ctx, m, func(err error) { result <- err })
+	select {
+	case err := <-result:
+		return err
+	case <-ctx.Done():
+		return context.Cause(ctx)
+	}
+}
+
+// produceAsync queues m as produce does and calls done once with the
+// result, on a flusher goroutine or, when m cannot be queued, before it
+// returns. Once ctx is done, m is no longer sent (done gets ctx's cause)
+// and an attempt that failed is not repeated for it.
+func (p *producer) produceAsync(ctx context.Context, m *kafka.Message, done func(error)) {
 	q, err := p.queue(ctx, m)
 	if err != nil {
-		return err
+		done(err)
+		return
 	}
-	r := &pendingRecord{ctx: ctx, msg: m, size: recordSize(m), done: donePool.Get().(chan error)}
+	r := &pendingRecord{ctx: ctx, msg: m, size: recordSize(m), done: done}
 	if p.linger > 0 {
 		r.at = time.Now()
 	}
@@ -146,19 +162,7 @@ func (p *producer) produce(ctx context.Context, m *kafka.Message) error {
 	if start {
 		p.startFlusher(q)
 	}
-	select {
-	case err := <-r.done:
-		// Nothing sends on done again (the record itself may still be
-		// read by a request kafka-go is writing, so only done is reused).
-		donePool.Put(r.done)
-		return err
-	case <-ctx.Done():
-		return context.Cause(ctx) // done is left to the flusher and the GC
-	}
 }
-
-// donePool recycles the result channels of pendingRecords.
-var donePool = sync.Pool{New: func() any { return make(chan error, 1) }}
 
 // queue returns the queue of m's partition, reading the topic's partitions
 // when they are not known or have expired.
@@ -272,7 +276,10 @@ func (p *producer) startFlusher(q *partitionQueue) {
 // flush sends q's records, one request at a time, until none are left.
 func (p *producer) flush(q *partitionQueue) {
 	for {
-		batch := p.next(q)
+		batch, dropped := p.next(q)
+		for _, r := range dropped {
+			r.done(context.Cause(r.ctx))
+		}
 		if batch == nil {
 			return
 		}
@@ -281,8 +288,9 @@ func (p *producer) flush(q *partitionQueue) {
 }
 
 // next takes the records of q's next request, dropping those whose caller
-// has given up. It returns nil, and gives q up, when none are pending.
-func (p *producer) next(q *partitionQueue) []*pendingRecord {
+// has given up (returned apart, to be failed outside q's lock). It returns
+// a nil batch, and gives q up, when none are pending.
+func (p *producer) next(q *partitionQueue) (batch, dropped []*pendingRecord) {
 	if p.linger > 0 {
 		p.lingerFor(q)
 	}
@@ -290,14 +298,14 @@ func (p *producer) next(q *partitionQueue) []*pendingRecord {
 	defer q.mu.Unlock()
 	for len(q.pending) > 0 {
 		n, size := 0, 0
-		batch := make([]*pendingRecord, 0, min(len(q.pending), kafkaMaxBatchRecords))
+		batch = make([]*pendingRecord, 0, min(len(q.pending), kafkaMaxBatchRecords))
 		for _, r := range q.pending {
 			if len(batch) == kafkaMaxBatchRecords || len(batch) > 0 && size+r.size > kafkaMaxBatchBytes {
 				break
 			}
 			n++
 			if r.ctx.Err() != nil {
-				r.done <- context.Cause(r.ctx)
+				dropped = append(dropped, r)
 				continue
 			}
 			batch = append(batch, r)
@@ -308,11 +316,11 @@ func (p *producer) next(q *partitionQueue) []*pendingRecord {
 		clear(q.pending[left:])
 		q.pending = q.pending[:left]
 		if len(batch) > 0 {
-			return batch
+			return batch, dropped
 		}
 	}
 	q.flushing = false
-	return nil
+	return nil, dropped
 }
 
 // lingerFor waits until q's oldest record has waited p.linger, unless a
@@ -402,7 +410,7 @@ func (p *producer) stop() {
 
 func finish(batch []*pendingRecord, err error) {
 	for _, r := range batch {
-		r.done <- err
+		r.done(err)
 	}
 }
 

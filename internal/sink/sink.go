@@ -47,6 +47,35 @@ type Sink interface {
 	Close(ctx context.Context) error
 }
 
+// AsyncSender is implemented by sinks that pipeline: many events in
+// flight on one connection, each completed by a callback instead of a
+// goroutine waiting for its ack (JetStream, Kafka). The engine's workers
+// hand an event over and move on, so events in flight are not bounded by
+// workers.
+type AsyncSender interface {
+	// SendAsync starts delivering e as Send would and returns. done is
+	// called exactly once with what Send would have returned: nil only
+	// once the broker has durably accepted e. It may be called before
+	// SendAsync returns (an event that cannot be encoded, a closed sink)
+	// and otherwise runs on the client library's goroutine, so it must
+	// not block. A send with no answer fails after the sink's ack timeout;
+	// Close fails those still pending when its deadline passes, so done
+	// is always called.
+	SendAsync(t Target, e ce.Event, done func(error))
+}
+
+// sendAndWait is Send over SendAsync: it waits for done or ctx.
+func sendAndWait(ctx context.Context, s AsyncSender, t Target, e ce.Event) error {
+	result := make(chan error, 1) // done never blocks, even after ctx
+	s.SendAsync(t, e, func(err error) { result <- err })
+	select {
+	case err := <-result:
+		return err
+	case <-ctx.Done():
+		return fmt.Errorf("publish %s to %q: wait for ack: %w", e.ID(), t.Subject, context.Cause(ctx))
+	}
+}
+
 // Checker is implemented by sinks that can verify at start that the
 // subjects of their routes lead somewhere (JetStream: a stream captures
 // them). Patterns are NATS subjects in which "*" stands for a token filled

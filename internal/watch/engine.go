@@ -24,12 +24,18 @@ import (
 type Options struct {
 	// Logger receives the engine's logs. Defaults to discarding them.
 	Logger *slog.Logger
-	// Workers reconcile different watchers concurrently. A reconcile that
-	// publishes holds its worker until the broker acknowledges the event,
-	// so workers bound the events in flight: throughput is about workers /
-	// ack latency. Workers are goroutines that mostly wait. Defaults to 256
+	// Workers reconcile different watchers concurrently. A Reconciler
+	// that waits for a broker's ack holds its worker until then, so
+	// workers bound its requests in flight (throughput is about workers /
+	// ack latency); an AsyncReconciler's worker only builds and hands
+	// over the event, and MaxInFlight is the bound. Defaults to 256
 	// (config.DefaultWorkers).
 	Workers int
+	// MaxInFlight bounds the requests an AsyncReconciler has begun and
+	// not finished; workers wait for a slot before taking a watcher.
+	// Ignored for other Reconcilers. Defaults to 4096
+	// (config.DefaultMaxInFlight).
+	MaxInFlight int
 	// RateLimiter spaces the retries of a watcher whose reconcile failed.
 	// Defaults to per-watcher exponential backoff from 5ms to 30s: never
 	// giving up, and with no global token bucket, so that a broker outage
@@ -104,6 +110,12 @@ type Engine struct {
 	store  *cache.Store
 	rec    Reconciler
 	queue  *queue
+	// slots bounds the requests of an AsyncReconciler in flight (nil for
+	// other Reconcilers): a worker puts one in before taking a watcher,
+	// the request's end takes it out.
+	slots chan struct{}
+	// reconciling counts the requests taken and not finished.
+	reconciling sync.WaitGroup
 
 	startedCh chan struct{}
 	kick      chan struct{} // wakes the pending-kind resolver
@@ -207,6 +219,9 @@ func NewWithClients(dyn dynamic.Interface, meta metadata.Interface, disc discove
 	if opts.Workers <= 0 {
 		opts.Workers = 256
 	}
+	if opts.MaxInFlight <= 0 {
+		opts.MaxInFlight = 4096
+	}
 	if opts.RateLimiter == nil {
 		opts.RateLimiter = workqueue.NewTypedItemExponentialFailureRateLimiter[cache.Ref](5*time.Millisecond, 30*time.Second)
 	}
@@ -275,12 +290,15 @@ func (e *Engine) Start(ctx context.Context) error {
 	})
 	defer stopGrace()
 
+	if _, ok := e.rec.(AsyncReconciler); ok {
+		e.slots = make(chan struct{}, e.opts.MaxInFlight)
+	}
 	var wg sync.WaitGroup
 	for range e.opts.Workers {
 		wg.Go(func() { e.work(workCtx) })
 	}
 	wg.Go(func() { e.resolvePending(runCtx) })
-	e.log.Info("watch engine started", "workers", e.opts.Workers)
+	e.log.Info("watch engine started", "workers", e.opts.Workers, "max_in_flight", cap(e.slots))
 
 	<-ctx.Done()
 
@@ -290,6 +308,13 @@ func (e *Engine) Start(ctx context.Context) error {
 	e.mu.Unlock()
 	e.queue.shutdown()
 	wg.Wait()
+	// Requests an AsyncReconciler began finish within the grace too.
+	finished := make(chan struct{})
+	go func() { e.reconciling.Wait(); close(finished) }()
+	select {
+	case <-finished:
+	case <-workCtx.Done():
+	}
 	cancelWork()
 	e.srcWG.Wait()
 	unsent := e.queue.undelivered()

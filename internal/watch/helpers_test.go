@@ -57,27 +57,80 @@ func newRecorder() *recorder {
 }
 
 func (r *recorder) Reconcile(_ context.Context, req Request) (Result, error) {
+	fn, n := r.record(req)
+	defer r.finished(req.Watcher)
+	if fn != nil {
+		return fn(req, n)
+	}
+	return Result{}, nil
+}
+
+// record notes req as begun and returns fn and the watcher's call count.
+func (r *recorder) record(req Request) (func(Request, int) (Result, error), int) {
 	r.mu.Lock()
+	defer r.mu.Unlock()
 	r.inflight[req.Watcher]++
 	if r.inflight[req.Watcher] > 1 {
 		r.overlap = true
 	}
 	r.calls[req.Watcher] = append(r.calls[req.Watcher], req)
 	r.total++
-	n := len(r.calls[req.Watcher])
-	fn := r.fn
 	close(r.changed)
 	r.changed = make(chan struct{})
+	return r.fn, len(r.calls[req.Watcher])
+}
+
+// finished notes that w's reconcile ended.
+func (r *recorder) finished(w cache.Ref) {
+	r.mu.Lock()
+	r.inflight[w]--
 	r.mu.Unlock()
-	defer func() {
-		r.mu.Lock()
-		r.inflight[req.Watcher]--
-		r.mu.Unlock()
-	}()
-	if fn != nil {
-		return fn(req, n)
+}
+
+// asyncRecorder is an AsyncReconciler that records every request and
+// hands each to the test (on begun), which finishes it by calling done.
+type asyncRecorder struct {
+	*recorder
+	begun chan begunRequest
+}
+
+type begunRequest struct {
+	req  Request
+	done func(Result, error)
+}
+
+func newAsyncRecorder() *asyncRecorder {
+	return &asyncRecorder{recorder: newRecorder(), begun: make(chan begunRequest, 1000)}
+}
+
+func (a *asyncRecorder) Begin(_ context.Context, req Request, done func(Result, error)) {
+	a.record(req)
+	a.begun <- begunRequest{req: req, done: func(res Result, err error) {
+		a.finished(req.Watcher)
+		done(res, err)
+	}}
+}
+
+// next returns the next request begun, failing the test after wait.
+func (a *asyncRecorder) next(t *testing.T) begunRequest {
+	t.Helper()
+	select {
+	case b := <-a.begun:
+		return b
+	case <-time.After(wait):
+		t.Fatalf("no request begun within %s", wait)
+		return begunRequest{}
 	}
-	return Result{}, nil
+}
+
+// none fails the test if a request is begun within d.
+func (a *asyncRecorder) none(t *testing.T, d time.Duration, why string) {
+	t.Helper()
+	select {
+	case b := <-a.begun:
+		t.Fatalf("request for %s begun (causes %+v), want none: %s", b.req.Watcher.Key(), b.req.Causes, why)
+	case <-time.After(d):
+	}
 }
 
 // requests returns the watcher's requests so far.

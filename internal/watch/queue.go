@@ -32,6 +32,12 @@ type queue struct {
 	mu      sync.Mutex
 	closed  bool
 	pending map[cache.Ref]*pendingRequest
+	// taken are the watchers whose request is being reconciled: taken and
+	// not finished.
+	taken map[cache.Ref]struct{}
+	// requeued are the watchers whose last reconcile asked to be called
+	// again (Result.RequeueAfter) and was not since.
+	requeued map[cache.Ref]struct{}
 }
 
 type pendingRequest struct {
@@ -59,6 +65,8 @@ func newQueue(limiter workqueue.TypedRateLimiter[cache.Ref], maxCauses int, metr
 		limiter:   limiter,
 		maxCauses: maxCauses,
 		pending:   map[cache.Ref]*pendingRequest{},
+		taken:     map[cache.Ref]struct{}{},
+		requeued:  map[cache.Ref]struct{}{},
 	}
 }
 
@@ -119,21 +127,48 @@ func mergeCause(earlier, later Cause) Cause {
 	return later
 }
 
-// take removes and returns the request of w; ok is false after shutdown.
+// take removes and returns the request of w. ok is false after shutdown,
+// and when w has nothing to reconcile: no causes pending and no requeue
+// asked for. That happens when a watcher whose request failed got a change
+// while in reconcile: the change makes the workqueue hand it out again at
+// once, the retry's causes with it, and the retry scheduled by the failure
+// then finds nothing left.
 func (q *queue) take(w cache.Ref) (Request, bool) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if q.closed {
 		return Request{}, false
 	}
+	_, requeued := q.requeued[w]
+	delete(q.requeued, w)
 	req := Request{Watcher: w}
 	if p := q.pending[w]; p != nil {
 		req.Causes, req.Truncated, req.Enqueued = p.causes, p.truncated, p.enqueued
 		delete(q.pending, w)
-	} else {
+	} else if requeued {
 		req.Enqueued = time.Now()
+	} else {
+		return Request{}, false
 	}
+	q.taken[w] = struct{}{}
 	return req, true
+}
+
+// requeue schedules w's next reconcile after d, with no causes unless a
+// change comes first.
+func (q *queue) requeue(w cache.Ref, d time.Duration) {
+	q.mu.Lock()
+	q.requeued[w] = struct{}{}
+	q.mu.Unlock()
+	q.wq.Forget(w)
+	q.wq.AddAfter(w, d)
+}
+
+// finished records that w's request is no longer being reconciled.
+func (q *queue) finished(w cache.Ref) {
+	q.mu.Lock()
+	delete(q.taken, w)
+	q.mu.Unlock()
 }
 
 // restore puts back the causes of a failed request, before any that came
@@ -189,7 +224,7 @@ func (q *queue) shutdown() {
 }
 
 // undelivered lists, after shutdown, the watchers whose requests were not
-// acknowledged, sorted by key.
+// acknowledged (pending, or still being reconciled), sorted by key.
 func (q *queue) undelivered() []cache.Ref {
 	q.mu.Lock()
 	defer q.mu.Unlock()
@@ -197,26 +232,52 @@ func (q *queue) undelivered() []cache.Ref {
 	for w := range q.pending {
 		out = append(out, w)
 	}
+	for w := range q.taken {
+		if _, ok := q.pending[w]; !ok {
+			out = append(out, w)
+		}
+	}
 	slices.SortFunc(out, func(a, b cache.Ref) int { return cmp.Compare(a.Key(), b.Key()) })
 	return out
 }
 
-// work is one worker: the canonical workqueue loop.
+// work is one worker: the canonical workqueue loop, except that with an
+// AsyncReconciler a watcher is Done when its reconcile finishes, not when
+// the worker moves on; a slot of e.slots is held from before Get until
+// then.
 func (e *Engine) work(ctx context.Context) {
 	q := e.queue
 	for {
+		if e.slots != nil {
+			select {
+			case e.slots <- struct{}{}:
+			case <-ctx.Done(): // shutdown grace over, slots still taken
+				return
+			}
+		}
 		w, shutdown := q.wq.Get()
 		if shutdown {
+			if e.slots != nil {
+				<-e.slots
+			}
 			return
 		}
 		q.inflight.Add(1)
-		e.process(ctx, w)
-		q.wq.Done(w)
-		q.inflight.Add(-1)
+		e.reconciling.Add(1)
+		e.process(ctx, w, func() {
+			q.wq.Done(w)
+			q.inflight.Add(-1)
+			e.reconciling.Done()
+			if e.slots != nil {
+				<-e.slots
+			}
+		})
 	}
 }
 
-func (e *Engine) process(ctx context.Context, w cache.Ref) {
+// process reconciles w's pending request and calls release once it is
+// finished: before it returns, or later for an AsyncReconciler.
+func (e *Engine) process(ctx context.Context, w cache.Ref, release func()) {
 	q := e.queue
 	var (
 		req  Request
@@ -235,21 +296,33 @@ func (e *Engine) process(ctx context.Context, w cache.Ref) {
 		req, ok = q.take(w)
 	}
 	if !ok {
+		release()
 		return
 	}
-	var (
-		res Result
-		err error
-	)
+	finish := func(res Result, err error) {
+		e.finish(req, view, res, err)
+		release()
+	}
 	if e.opts.Checkpoint != nil {
 		// What the request may tell is recorded before it can be told.
-		if err = e.opts.Checkpoint.Telling(ctx, w, req.Causes); err != nil {
-			err = fmt.Errorf("record what %s may be told before publishing: %w", w.Key(), err)
+		if err := e.opts.Checkpoint.Telling(ctx, w, req.Causes); err != nil {
+			finish(Result{}, fmt.Errorf("record what %s may be told before publishing: %w", w.Key(), err))
+			return
 		}
 	}
-	if err == nil {
-		res, err = e.reconcile(ctx, req)
+	if ar, ok := e.rec.(AsyncReconciler); ok {
+		e.begin(ctx, ar, req, finish)
+		return
 	}
+	finish(e.reconcile(ctx, req))
+}
+
+// finish settles a reconciled request: recorded as acknowledged, or put
+// back and retried with backoff, or dropped (ErrTerminal), or requeued as
+// the Result asks.
+func (e *Engine) finish(req Request, view View, res Result, err error) {
+	q, w := e.queue, req.Watcher
+	q.finished(w)
 	if err == nil && view != nil {
 		e.opts.Checkpoint.Acked(w, view)
 	}
@@ -269,11 +342,24 @@ func (e *Engine) process(ctx context.Context, w cache.Ref) {
 		q.wq.AddAfter(w, delay)
 		e.log.Warn("reconcile failed; retrying", "watcher", w.Key(), "retry_in", delay, "attempt", q.limiter.NumRequeues(w), "error", err)
 	case res.RequeueAfter > 0:
-		q.wq.Forget(w)
-		q.wq.AddAfter(w, res.RequeueAfter)
+		q.requeue(w, res.RequeueAfter)
 	default:
 		q.wq.Forget(w)
 	}
+}
+
+// begin calls the AsyncReconciler; done runs once, a panic before it ran
+// counting as an error.
+func (e *Engine) begin(ctx context.Context, ar AsyncReconciler, req Request, done func(Result, error)) {
+	var once sync.Once
+	finish := func(res Result, err error) { once.Do(func() { done(res, err) }) }
+	defer func() {
+		if r := recover(); r != nil {
+			e.log.Error("reconcile panicked", "watcher", req.Watcher.Key(), "panic", r, "stack", string(debug.Stack()))
+			finish(Result{}, fmt.Errorf("reconcile of %s panicked: %v", req.Watcher.Key(), r))
+		}
+	}()
+	ar.Begin(ctx, req, finish)
 }
 
 // reconcile calls the Reconciler, turning a panic into an error.

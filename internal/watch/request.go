@@ -92,6 +92,21 @@ type Reconciler interface {
 	Reconcile(ctx context.Context, req Request) (Result, error)
 }
 
+// AsyncReconciler is a Reconciler that can finish after it returns: a
+// publisher hands the event to a pipelining sink and is told of the ack
+// later. The engine calls Begin instead of Reconcile; the worker moves on
+// at once, and the watcher stays in reconcile (not handed to another
+// worker, its new causes kept for the next request) until done is called.
+// Options.MaxInFlight bounds the requests begun and not done.
+type AsyncReconciler interface {
+	Reconciler
+	// Begin starts reconciling req and calls done exactly once with what
+	// Reconcile would have returned, from any goroutine, possibly before
+	// Begin returns. done does not block. A panic in Begin before it
+	// called done counts as an error.
+	Begin(ctx context.Context, req Request, done func(Result, error))
+}
+
 // ReconcilerFunc adapts a function to Reconciler.
 type ReconcilerFunc func(ctx context.Context, req Request) (Result, error)
 
