@@ -3,6 +3,7 @@ package watch
 import (
 	"context"
 	"fmt"
+	"math"
 	"slices"
 	"time"
 
@@ -11,6 +12,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
+	utilwait "k8s.io/apimachinery/pkg/util/wait"
 	apiwatch "k8s.io/apimachinery/pkg/watch"
 	toolscache "k8s.io/client-go/tools/cache"
 
@@ -97,7 +99,8 @@ func (s *source) run(ctx context.Context) {
 	if s.ns != "" {
 		name += " in " + s.ns
 	}
-	r := toolscache.NewReflectorWithOptions(&listWatch{s: s}, expected, s, toolscache.ReflectorOptions{Name: name})
+	backoff := reconnectBackoff
+	r := toolscache.NewReflectorWithOptions(&listWatch{s: s}, expected, s, toolscache.ReflectorOptions{Name: name, Backoff: &backoff})
 	// A stream that breaks mid-event surfaces as an internal error; without
 	// this the Reflector relists at once. With it, it resumes watching from
 	// the last resourceVersion, and relists only if that fails for this long
@@ -105,6 +108,15 @@ func (s *source) run(ctx context.Context) {
 	r.MaxInternalErrorRetryDuration = resumeFor
 	r.RunWithContext(ctx)
 }
+
+// reconnectBackoff spaces a source's list and watch attempts after a
+// failure: 250ms doubling to 4s, plus up to half again of jitter, reset
+// after 2 quiet minutes. client-go's default (0.8s doubling to 30s, plus up
+// to 100%) left the bridge blind for up to a minute after an API server
+// came back. A shorter cap costs little here: the engine has one source per
+// resource (and namespace), not one per watched object, so an API server
+// that restarts sees a handful of retries per bridge, not thousands.
+var reconnectBackoff = utilwait.Backoff{Duration: 250 * time.Millisecond, Factor: 2, Jitter: 0.5, Cap: 4 * time.Second, Steps: math.MaxInt32}
 
 // resumeFor is how long a source keeps resuming a broken watch before it
 // relists.

@@ -698,14 +698,12 @@ leader-kill: two replicas with leader election (3 s lease), the leader
 SIGKILLed and a new standby started, 3 times.
 
 Reading the recovery times: after an API server restart or a 410, the
-bridge's watches wait on client-go's Reflector backoff (0.8 s doubling to
-30 s, jitter 1.0, reset only after 2 quiet minutes), before they watch
-again and again before they relist; faults in a row make it grow, so
-recovery there varies from seconds to over a minute, and the driver's
-objects created and gone meanwhile are the unseen transients. Nothing is
-lost: the relist finds every object that is still there. client-go 0.37
-lets a Reflector take its own backoff (ReflectorOptions.Backoff) if that
-wait is to be shorter. During the NATS outage, events of the Kafka route
+bridge's watches back off before they watch again and again before they
+relist (250 ms doubling to 4 s, plus up to half again of jitter, reset
+after 2 quiet minutes; client-go's default of 0.8 s doubling to 30 s made
+recovery take over a minute); the driver's objects created and gone
+meanwhile are the unseen transients. Nothing is lost: the relist finds
+every object that is still there. During the NATS outage, events of the Kafka route
 that name an object new to a watcher wait too, for the checkpoint write
 (the bucket is on NATS).
 `, time.Now().UTC().Format("2006-01-02 15:04 UTC"), runtime.GOOS, runtime.GOARCH, runtime.Version(), runtime.NumCPU(),
