@@ -22,9 +22,10 @@
 //   - Stingy queue. Requests are keyed by watcher on client-go's workqueue:
 //     bursts coalesce, a watcher is never reconciled concurrently (so
 //     per-watcher state in a Reconciler needs no lock), different watchers are
-//     reconciled by Options.Workers workers, failures retry with capped
-//     exponential backoff forever (never dropped), panics are recovered and
-//     retried.
+//     reconciled by Options.Workers workers (an AsyncReconciler's worker
+//     moves on once the request is handed over, up to Options.MaxInFlight
+//     in flight), failures retry with capped exponential backoff forever
+//     (never dropped), panics are recovered and retried.
 //   - Initial reconciles. Every watcher that starts to depend on objects that
 //     exist gets one, whoever watched them first, unless disabled.
 //   - Restarts. A broken stream resumes from the last resourceVersion
