@@ -35,9 +35,9 @@ const (
 // How long the suite waits for coverage: after a fault ends, and after the
 // driver stops at the end of a phase. Generous: a watcher that failed
 // through a 30 s broker outage retries after up to 30 s (the engine's
-// backoff cap), and client-go's Reflector, after failures in a row (API
-// server restarts), waits up to 30 s with as much jitter again before it
-// watches and again before it relists.
+// backoff cap), and a source's Reflector, after failures in a row (API
+// server restarts), waits up to 4 s with half as much jitter again before
+// it watches and again before it relists.
 const (
 	settleTimeout = 150 * time.Second
 	finalTimeout  = 120 * time.Second
@@ -455,9 +455,9 @@ func (s *suite) brokerOutage(t *testing.T) row {
 
 // apiserverRestart: stop kube-apiserver (etcd keeps running), leave it down
 // for 2 s, start it again; twice (each run after the first waits longer:
-// client-go's Reflector backs off more after failures in a row, up to
-// 30 s plus jitter before it watches and again before it relists, and
-// forgets only after 2 quiet minutes). A fault ends when it has started.
+// a source's Reflector backs off more after failures in a row, up to 4 s
+// plus jitter before it watches and again before it relists, and forgets
+// only after 2 quiet minutes). A fault ends when it has started.
 func (s *suite) apiserverRestart(t *testing.T) row {
 	const runs = 2
 	p := s.newPhase(t, "apiserver-restart", s.env.Config, s.kubeconfig)
