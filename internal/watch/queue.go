@@ -8,7 +8,6 @@ import (
 	"runtime/debug"
 	"slices"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"k8s.io/apimachinery/pkg/types"
@@ -26,8 +25,6 @@ type queue struct {
 	wq        workqueue.TypedRateLimitingInterface[cache.Ref]
 	limiter   workqueue.TypedRateLimiter[cache.Ref]
 	maxCauses int
-
-	inflight atomic.Int32 // requests being reconciled
 
 	mu      sync.Mutex
 	closed  bool
@@ -211,7 +208,7 @@ func (q *queue) depth() (int, time.Duration) {
 func (q *queue) idle() bool {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	return len(q.pending) == 0 && q.wq.Len() == 0 && q.inflight.Load() == 0
+	return len(q.pending) == 0 && q.wq.Len() == 0 && len(q.taken) == 0
 }
 
 // shutdown stops handing out work; requests still pending stay recorded
@@ -262,11 +259,9 @@ func (e *Engine) work(ctx context.Context) {
 			}
 			return
 		}
-		q.inflight.Add(1)
 		e.reconciling.Add(1)
 		e.process(ctx, w, func() {
 			q.wq.Done(w)
-			q.inflight.Add(-1)
 			e.reconciling.Done()
 			if e.slots != nil {
 				<-e.slots
@@ -322,7 +317,9 @@ func (e *Engine) process(ctx context.Context, w cache.Ref, release func()) {
 // the Result asks.
 func (e *Engine) finish(req Request, view View, res Result, err error) {
 	q, w := e.queue, req.Watcher
-	q.finished(w)
+	// Last, after a failed request's causes are restored: the queue is
+	// never idle in between.
+	defer q.finished(w)
 	if err == nil && view != nil {
 		e.opts.Checkpoint.Acked(w, view)
 	}
