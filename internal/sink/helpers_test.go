@@ -1,7 +1,6 @@
 package sink
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
@@ -18,6 +17,7 @@ import (
 
 	"github.com/depbridge/depbridge/internal/cache"
 	"github.com/depbridge/depbridge/internal/event"
+	"github.com/depbridge/depbridge/internal/testenv"
 	"github.com/depbridge/depbridge/internal/watch"
 )
 
@@ -164,22 +164,7 @@ func outageRun(t *testing.T, ctx context.Context, s Sink, tgt Target, watchers, 
 }
 
 // logBuffer is a concurrency-safe log destination for assertions.
-type logBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
+type logBuffer = testenv.SyncBuffer
 
 func testLogger(w *logBuffer) *slog.Logger {
 	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))

@@ -5,8 +5,9 @@ import (
 	"sync"
 )
 
-// SyncBuffer collects a subprocess's output, which exec copies in from
-// another goroutine while the test reads it. The zero value is ready.
+// SyncBuffer collects output written from other goroutines (a
+// subprocess's, which exec copies in; a logger's) while the test reads it.
+// The zero value is ready.
 type SyncBuffer struct {
 	mu sync.Mutex
 	b  bytes.Buffer
