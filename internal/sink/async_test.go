@@ -62,6 +62,45 @@ func (c *callbacks) wait(t *testing.T, within time.Duration, check func(id strin
 	}
 }
 
+// sendAll hands n events to s with SendAsync, event i of watcher i%50
+// with sequence first+i, and returns their callbacks.
+func sendAll(t *testing.T, s AsyncSender, tgt Target, first, n int) *callbacks {
+	t.Helper()
+	cb := newCallbacks(n)
+	for i := range n {
+		e := testEvent(t, i%50, first+i)
+		s.SendAsync(tgt, e, cb.done(e.ID()))
+	}
+	return cb
+}
+
+// acked waits for cb's sends and checks that each succeeded.
+func (c *callbacks) acked(t *testing.T) {
+	t.Helper()
+	c.wait(t, 20*time.Second, func(id string, err error) {
+		if err != nil {
+			t.Errorf("%s: %v", id, err)
+		}
+	})
+}
+
+// closeFailsPending closes s with a 200ms deadline while cb's sends are
+// unanswered: Close reports the deadline and each send fails with
+// ErrClosed naming its event.
+func closeFailsPending(t *testing.T, s Sink, cb *callbacks) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	if err := s.Close(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Close with unacknowledged events = %v, want the deadline", err)
+	}
+	cb.wait(t, 5*time.Second, func(id string, err error) {
+		if !errors.Is(err, ErrClosed) || !strings.Contains(err.Error(), id) {
+			t.Errorf("%s: %v, want ErrClosed naming the event", id, err)
+		}
+	})
+}
+
 // SendAsync on JetStream: every event is acknowledged through its
 // callback, exactly once, and stored; an event nobody acknowledges fails
 // with ErrClosed when Close's deadline passes, and is not called back
@@ -73,16 +112,7 @@ func TestJetStreamSendAsync(t *testing.T) {
 	s := newJetStreamSink(t, srv.ClientURL(), "", nil)
 
 	const n = 500
-	cb := newCallbacks(n)
-	for i := range n {
-		e := testEvent(t, i%50, i)
-		s.SendAsync(Target{Subject: "depbridge.reconcile.async"}, e, cb.done(e.ID()))
-	}
-	cb.wait(t, 20*time.Second, func(id string, err error) {
-		if err != nil {
-			t.Errorf("%s: %v", id, err)
-		}
-	})
+	sendAll(t, s, Target{Subject: "depbridge.reconcile.async"}, 0, n).acked(t)
 	if ids := streamIDs(t, js, "DEPBRIDGE"); len(ids) != n {
 		t.Errorf("stream holds %d distinct events, want %d", len(ids), n)
 	}
@@ -97,28 +127,12 @@ func TestJetStreamSendAsync(t *testing.T) {
 	if err := nc.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	const held = 10
-	heldCB := newCallbacks(held)
-	for i := range held {
-		e := testEvent(t, i, 0)
-		s.SendAsync(Target{Subject: "hold.x"}, e, heldCB.done(e.ID()))
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
-	defer cancel()
-	if err := s.Close(ctx); !errors.Is(err, context.DeadlineExceeded) {
-		t.Errorf("Close with unacknowledged events = %v, want the deadline", err)
-	}
-	heldCB.wait(t, 5*time.Second, func(id string, err error) {
-		if !errors.Is(err, ErrClosed) || !strings.Contains(err.Error(), id) {
-			t.Errorf("%s: %v, want ErrClosed naming the event", id, err)
-		}
-	})
+	heldCB := sendAll(t, s, Target{Subject: "hold.x"}, n, 10)
+	closeFailsPending(t, s, heldCB)
 	time.Sleep(1500 * time.Millisecond) // past the sink's 1s ack timeout
 	heldCB.wait(t, 0, func(string, error) {})
 
-	closed := newCallbacks(1)
-	e := testEvent(t, 0, 1)
-	s.SendAsync(Target{Subject: "depbridge.reconcile.async"}, e, closed.done(e.ID()))
+	closed := sendAll(t, s, Target{Subject: "depbridge.reconcile.async"}, n+10, 1)
 	closed.wait(t, time.Second, func(id string, err error) {
 		if !errors.Is(err, ErrClosed) {
 			t.Errorf("SendAsync after Close: %v, want ErrClosed", err)
@@ -135,16 +149,7 @@ func TestKafkaSendAsync(t *testing.T) {
 	s := newKafkaSink(t, addr)
 
 	const n = 500
-	cb := newCallbacks(n)
-	for i := range n {
-		e := testEvent(t, i%50, i)
-		s.SendAsync(Target{Subject: "async"}, e, cb.done(e.ID()))
-	}
-	cb.wait(t, 20*time.Second, func(id string, err error) {
-		if err != nil {
-			t.Errorf("%s: %v", id, err)
-		}
-	})
+	sendAll(t, s, Target{Subject: "async"}, 0, n).acked(t)
 	ids := map[string]bool{}
 	for _, r := range readTopic(t, addr, "async", 2) {
 		ids[r.id] = true
@@ -155,21 +160,7 @@ func TestKafkaSendAsync(t *testing.T) {
 
 	held, _, release := holdProduce(c)
 	defer release()
-	const stuck = 10
-	stuckCB := newCallbacks(stuck)
-	for i := range stuck {
-		e := testEvent(t, i, 0)
-		s.SendAsync(Target{Subject: "stuck"}, e, stuckCB.done(e.ID()))
-	}
+	stuckCB := sendAll(t, s, Target{Subject: "stuck"}, n, 10)
 	<-held
-	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
-	defer cancel()
-	if err := s.Close(ctx); !errors.Is(err, context.DeadlineExceeded) {
-		t.Errorf("Close with produce requests held = %v, want the deadline", err)
-	}
-	stuckCB.wait(t, 5*time.Second, func(id string, err error) {
-		if !errors.Is(err, ErrClosed) || !strings.Contains(err.Error(), id) {
-			t.Errorf("%s: %v, want ErrClosed naming the event", id, err)
-		}
-	})
+	closeFailsPending(t, s, stuckCB)
 }
