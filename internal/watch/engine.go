@@ -110,9 +110,10 @@ type Engine struct {
 	store  *cache.Store
 	rec    Reconciler
 	queue  *queue
-	// slots bounds the requests of an AsyncReconciler in flight (nil for
-	// other Reconcilers): a worker puts one in before taking a watcher,
-	// the request's end takes it out.
+	// slots bounds the requests in flight: a worker puts one in before
+	// taking a watcher, the request's end takes it out. MaxInFlight for an
+	// AsyncReconciler; Workers otherwise, where each worker holds its
+	// request anyway.
 	slots chan struct{}
 	// reconciling counts the requests taken and not finished.
 	reconciling sync.WaitGroup
@@ -290,9 +291,11 @@ func (e *Engine) Start(ctx context.Context) error {
 	})
 	defer stopGrace()
 
+	inFlight := e.opts.Workers
 	if _, ok := e.rec.(AsyncReconciler); ok {
-		e.slots = make(chan struct{}, e.opts.MaxInFlight)
+		inFlight = e.opts.MaxInFlight
 	}
+	e.slots = make(chan struct{}, inFlight)
 	var wg sync.WaitGroup
 	for range e.opts.Workers {
 		wg.Go(func() { e.work(workCtx) })

@@ -245,27 +245,21 @@ func (q *queue) undelivered() []cache.Ref {
 func (e *Engine) work(ctx context.Context) {
 	q := e.queue
 	for {
-		if e.slots != nil {
-			select {
-			case e.slots <- struct{}{}:
-			case <-ctx.Done(): // shutdown grace over, slots still taken
-				return
-			}
+		select {
+		case e.slots <- struct{}{}:
+		case <-ctx.Done(): // shutdown grace over, slots still taken
+			return
 		}
 		w, shutdown := q.wq.Get()
 		if shutdown {
-			if e.slots != nil {
-				<-e.slots
-			}
+			<-e.slots
 			return
 		}
 		e.reconciling.Add(1)
 		e.process(ctx, w, func() {
 			q.wq.Done(w)
 			e.reconciling.Done()
-			if e.slots != nil {
-				<-e.slots
-			}
+			<-e.slots
 		})
 	}
 }
