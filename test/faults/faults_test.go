@@ -256,6 +256,19 @@ func (p *phase) startBridge(name string, extra ...string) *bridge {
 	return b
 }
 
+// startDriving starts the phase's first bridge, waits for it to be ready,
+// and starts the driver's changes 2 s before the first fault.
+func (p *phase) startDriving(bridgeName string) *bridge {
+	p.t.Helper()
+	b := p.startBridge(bridgeName)
+	if err := b.waitReady(60 * time.Second); err != nil {
+		p.t.Fatal(err)
+	}
+	p.drv.start()
+	p.sleep(2 * time.Second)
+	return b
+}
+
 // faultEnded records the end of one run of the fault.
 func (p *phase) faultEnded(at time.Time) {
 	p.cutoffs = append(p.cutoffs, cutoff{end: at, recovered: -1})
@@ -395,12 +408,7 @@ func waitStatus(b *bridge, want int, timeout time.Duration) error {
 func (s *suite) sigkill(t *testing.T) row {
 	const runs = 20
 	p := s.newPhase(t, "sigkill", s.env.Config, s.kubeconfig)
-	b := p.startBridge("sigkill-0")
-	if err := b.waitReady(60 * time.Second); err != nil {
-		t.Fatal(err)
-	}
-	p.drv.start()
-	p.sleep(2 * time.Second)
+	b := p.startDriving("sigkill-0")
 	var kills []string
 	defer func() { t.Logf("killed at %v", kills) }()
 	for i := range runs {
@@ -426,12 +434,7 @@ func (s *suite) sigkill(t *testing.T) row {
 // while changes go on; a fault ends when the broker is started again.
 func (s *suite) brokerOutage(t *testing.T) row {
 	p := s.newPhase(t, "broker-outage", s.env.Config, s.kubeconfig)
-	b := p.startBridge("broker-0")
-	if err := b.waitReady(60 * time.Second); err != nil {
-		t.Fatal(err)
-	}
-	p.drv.start()
-	p.sleep(2 * time.Second)
+	p.startDriving("broker-0")
 	outages := []struct {
 		broker string
 		stop   func()
@@ -461,12 +464,7 @@ func (s *suite) brokerOutage(t *testing.T) row {
 func (s *suite) apiserverRestart(t *testing.T) row {
 	const runs = 2
 	p := s.newPhase(t, "apiserver-restart", s.env.Config, s.kubeconfig)
-	b := p.startBridge("apiserver-0")
-	if err := b.waitReady(60 * time.Second); err != nil {
-		t.Fatal(err)
-	}
-	p.drv.start()
-	p.sleep(2 * time.Second)
+	p.startDriving("apiserver-0")
 	for range runs {
 		stopping := time.Now()
 		if err := s.env.StopAPIServer(); err != nil {
@@ -518,12 +516,7 @@ func (s *suite) compaction(t *testing.T) row {
 		t.Fatal(err)
 	}
 	p := s.newPhase(t, "compaction-410", env.Config, kubeconfig)
-	b := p.startBridge("compaction-0")
-	if err := b.waitReady(60 * time.Second); err != nil {
-		t.Fatal(err)
-	}
-	p.drv.start()
-	p.sleep(2 * time.Second)
+	b := p.startDriving("compaction-0")
 	ctx := context.Background()
 	for i := range runs {
 		before, err := b.metric(ctx, "depbridge_source_lists")
