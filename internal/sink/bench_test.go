@@ -3,9 +3,11 @@ package sink
 import (
 	"context"
 	"runtime"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -27,12 +29,16 @@ import (
 // and Route.Target and handing it to the sink's SendAsync, at most
 // benchInFlight unacknowledged: events/s); then the same events built
 // beforehand, through the same SendAsync path (prebuilt/s: the bridge's
-// ceiling without building events); then the same number of same-size
-// messages through the raw client at its best (raw/s). Interleaving the
-// three within one run keeps the ratio fair on a shared machine.
+// ceiling without building events); then as many headerless messages of
+// the same size to the same subjects or keys through the raw client at its
+// best (raw/s); then the bridge's own messages, encoded beforehand,
+// through the same raw client (same/s). Interleaving the phases within
+// one run keeps the ratios fair on a shared machine. Each phase's events
+// name another cluster (bench-b, bench-p, bench-s): ids of their own, of
+// one length, so that JetStream stores them all.
 const (
 	benchEvents   = 20000
-	benchRounds   = 5
+	benchRounds   = 9
 	benchWatchers = 1000
 	// benchWorkers and benchInFlight are the engine's defaults
 	// (config.Engine.Workers and MaxInFlight).
@@ -42,15 +48,17 @@ const (
 
 // benchRequests are the requests of round: benchWatchers watchers, one
 // cause each, ids unique across rounds (so JetStream's duplicate window
-// drops nothing).
+// drops nothing). Request i is for watcher i%benchWatchers.
 func benchRequests(round int) []watch.Request {
 	reqs := make([]watch.Request, benchEvents)
 	for i := range reqs {
+		w := i % benchWatchers
+		ns := "team-" + strconv.Itoa(w%7)
 		reqs[i] = watch.Request{
-			Watcher: cache.Ref{Version: "v1", Kind: "ConfigMap", Namespace: "team-" + strconv.Itoa(i%7), Name: "watcher-" + strconv.Itoa(i%benchWatchers)},
+			Watcher: cache.Ref{Version: "v1", Kind: "ConfigMap", Namespace: ns, Name: "watcher-" + strconv.Itoa(w)},
 			Causes: []watch.Cause{{
-				Watched:   cache.Ref{Version: "v1", Kind: "Secret", Namespace: "team-" + strconv.Itoa(i%7), Name: "db-credentials"},
-				Namespace: "team-" + strconv.Itoa(i%7), Name: "db-credentials", UID: "6f1c8d2e-3b1a-4c7e-9f0a-2d4b6c8e0f12",
+				Watched:   cache.Ref{Version: "v1", Kind: "Secret", Namespace: ns, Name: "db-credentials"},
+				Namespace: ns, Name: "db-credentials", UID: "6f1c8d2e-3b1a-4c7e-9f0a-2d4b6c8e0f12",
 				ResourceVersion: strconv.Itoa(round*benchEvents + i), Op: watch.OpModified,
 			}},
 			Enqueued: time.Unix(1700000000, 0),
@@ -107,7 +115,7 @@ func runPipelined(b *testing.B, n int, send func(i int, done func(error))) time.
 func runBridge(b *testing.B, route *Route, reqs []watch.Request) time.Duration {
 	as := route.Sink.(AsyncSender)
 	return runPipelined(b, len(reqs), func(i int, done func(error)) {
-		e, err := event.New(reqs[i], event.Options{Cluster: "bench", Instance: "b"})
+		e, err := event.New(reqs[i], event.Options{Cluster: "bench-b"})
 		if err != nil {
 			done(err)
 			return
@@ -128,7 +136,7 @@ func runPrebuilt(b *testing.B, route *Route, reqs []watch.Request) time.Duration
 	events := make([]ce.Event, len(reqs))
 	targets := make([]Target, len(reqs))
 	for i, req := range reqs {
-		events[i], _ = event.New(req, event.Options{Cluster: "prebuilt"})
+		events[i], _ = event.New(req, event.Options{Cluster: "bench-p"})
 		targets[i], _ = route.Target(req.Watcher)
 	}
 	return runPipelined(b, len(reqs), func(i int, done func(error)) {
@@ -136,35 +144,99 @@ func runPrebuilt(b *testing.B, route *Route, reqs []watch.Request) time.Duration
 	})
 }
 
-// rates runs the rounds of each iteration and reports the rates: the
-// bridge's (events/s), the raw client's at its best (raw/s), their ratio,
-// the bridge's with events built beforehand (prebuilt/s), and the bridge's
-// bound on events in flight. Each function publishes benchEvents messages
-// for round r.
-func rates(b *testing.B, bridge, prebuilt, raw func(r int) time.Duration) {
+// phases of one benchmark: each publishes the benchEvents messages of
+// round r and returns how long it took until all were acknowledged.
+type phases struct {
+	// bridge builds each event and sends it through the sink as the
+	// engine does (runBridge); prebuilt sends events built beforehand
+	// (runPrebuilt).
+	bridge, prebuilt func(r int) time.Duration
+	// raw publishes same-size messages with no headers through the raw
+	// client at its best; same publishes the bridge's own messages,
+	// encoded beforehand, headers included, through the same raw client.
+	raw, same func(r int) time.Duration
+	// empty, called before each phase and not timed, removes what the
+	// broker stored, so that every phase starts on the same broker state
+	// and the stored messages do not grow the shared heap.
+	empty func()
+}
+
+// rates runs the rounds of each iteration, interleaving the phases, and
+// reports:
+//   - the rates over all rounds: the bridge's (events/s), the raw
+//     client's (raw/s), the raw client's with the bridge's messages
+//     (same/s), and the bridge's with events built beforehand
+//     (prebuilt/s);
+//   - the bridge's ratio to raw (ratio) and to same (ratio-same, which
+//     leaves out what the broker spends on the bridge's headers): each the
+//     median over the rounds of the round's ratio, so that a stall of the
+//     shared machine during one phase does not set the result;
+//   - the process's CPU time per event in the bridge and raw phases,
+//     brokers included (cpu-us/event, raw-cpu-us/event);
+//   - the bridge's bound on events in flight.
+func rates(b *testing.B, p phases) {
 	// A round of each first, not counted: connections, metadata, pools
 	// and the heap (which the brokers' stored messages grow, and with it
 	// the GC's pace) settle before the first timed phase.
-	bridge(0)
-	prebuilt(0)
-	raw(0)
-	var tb, tp, tr time.Duration
+	run := func(phase func(int) time.Duration, r int) time.Duration {
+		p.empty()
+		return phase(r)
+	}
+	run(p.bridge, 0)
+	run(p.prebuilt, 0)
+	run(p.raw, 0)
+	run(p.same, 0)
+	var (
+		tb, tp, tr, ts, cb, cr time.Duration
+		ratios, sameRatios     []float64
+	)
 	for i := 0; i < b.N; i++ {
 		for j := range benchRounds {
 			r := 1 + i*benchRounds + j
-			tb += bridge(r)
-			tp += prebuilt(r)
-			tr += raw(r)
+			p.empty()
+			c := cpuTime()
+			bridge := p.bridge(r)
+			cb += cpuTime() - c
+			tp += run(p.prebuilt, r)
+			p.empty()
+			c = cpuTime()
+			raw := p.raw(r)
+			cr += cpuTime() - c
+			same := run(p.same, r)
+			tb, tr, ts = tb+bridge, tr+raw, ts+same
+			ratios = append(ratios, raw.Seconds()/bridge.Seconds())
+			sameRatios = append(sameRatios, same.Seconds()/bridge.Seconds())
 		}
 	}
 	n := float64(b.N * benchRounds * benchEvents)
-	events, rawRate := n/tb.Seconds(), n/tr.Seconds()
-	b.ReportMetric(events, "events/s")
-	b.ReportMetric(rawRate, "raw/s")
-	b.ReportMetric(events/rawRate, "ratio")
+	b.ReportMetric(n/tb.Seconds(), "events/s")
+	b.ReportMetric(n/tr.Seconds(), "raw/s")
+	b.ReportMetric(median(ratios), "ratio")
+	b.ReportMetric(n/ts.Seconds(), "same/s")
+	b.ReportMetric(median(sameRatios), "ratio-same")
 	b.ReportMetric(n/tp.Seconds(), "prebuilt/s")
+	b.ReportMetric(float64(cb.Nanoseconds())/n/1e3, "cpu-us/event")
+	b.ReportMetric(float64(cr.Nanoseconds())/n/1e3, "raw-cpu-us/event")
 	b.ReportMetric(benchInFlight, "in-flight")
 	b.ReportMetric(0, "ns/op") // the rates above are the result
+}
+
+// median of xs (which it sorts).
+func median(xs []float64) float64 {
+	slices.Sort(xs)
+	if len(xs)%2 == 1 {
+		return xs[len(xs)/2]
+	}
+	return (xs[len(xs)/2-1] + xs[len(xs)/2]) / 2
+}
+
+// cpuTime is the CPU time the process has used, user and system.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // natsSize is the wire size of a message's headers and data.
@@ -178,9 +250,10 @@ func natsSize(m *nats.Msg) int {
 	return n
 }
 
-// BenchmarkJetStream compares the bridge with raw JetStream: PublishAsync
-// of pre-built messages of the same size (headers and data of the bridge's
-// messages, Nats-Msg-Id included, as payload), all acks awaited.
+// BenchmarkJetStream compares the bridge with raw JetStream
+// PublishAsync, all acks awaited: of headerless messages of the same size
+// (the bridge's headers, Nats-Msg-Id included, and data, as payload) to
+// the bridge's subjects (raw), and of the bridge's own messages (same).
 func BenchmarkJetStream(b *testing.B) {
 	srv := startNATS(b, 0, b.TempDir())
 	var rawFailed atomic.Int64
@@ -193,46 +266,82 @@ func BenchmarkJetStream(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	createStream(b, js, "BENCH", "bench.>")
+	stream := createStream(b, js, "BENCH", "bench.>")
 	s := newJetStreamSink(b, srv.ClientURL(), "BENCH", nil)
 	route, err := NewRoute(config.Route{Name: "bench", Sink: "js", Subject: "bench.{{.Kind}}.{{.Namespace}}.{{.Name}}"},
 		config.Sink{Name: "js", JetStream: &config.JetStream{}}, s)
 	if err != nil {
 		b.Fatal(err)
 	}
-	sample, _ := event.New(benchRequests(0)[0], event.Options{Cluster: "bench", Instance: "b"})
-	m, _ := encodeNATS("x", Binary, &sample)
-	m.Header.Set(jetstream.MsgIDHeader, sample.ID())
-	m.Header.Set(jetstream.ExpectedStreamHeader, "BENCH")
-	payload := make([]byte, natsSize(m))
-	b.ReportMetric(float64(len(payload)), "bytes/msg")
+	// encode is the bridge's message of req, as the sink sends it.
+	encode := func(req watch.Request, cluster string) *nats.Msg {
+		e, err := event.New(req, event.Options{Cluster: cluster})
+		if err != nil {
+			b.Fatal(err)
+		}
+		t, err := route.Target(req.Watcher)
+		if err != nil {
+			b.Fatal(err)
+		}
+		m, err := encodeNATS(t.Subject, t.Mode, &e)
+		if err != nil {
+			b.Fatal(err)
+		}
+		m.Header[jetstream.MsgIDHeader] = []string{e.ID()}
+		m.Header[jetstream.ExpectedStreamHeader] = []string{"BENCH"}
+		return m
+	}
+	// The raw publishes go to the bridge's subjects: the stream keeps
+	// state per subject.
+	raw := make([]*nats.Msg, benchEvents)
+	for j, req := range benchRequests(0) {
+		m := encode(req, "bench-b")
+		raw[j] = &nats.Msg{Subject: m.Subject, Data: make([]byte, natsSize(m))}
+	}
+	b.ReportMetric(float64(len(raw[0].Data)), "bytes/msg")
+	publish := func(msgs []*nats.Msg) time.Duration {
+		start := time.Now()
+		for _, m := range msgs {
+			if _, err := js.PublishMsgAsync(m); err != nil {
+				b.Fatal(err)
+			}
+		}
+		select {
+		case <-js.PublishAsyncComplete():
+		case <-time.After(time.Minute):
+			b.Fatal("raw publishes not acked within a minute")
+		}
+		if n := rawFailed.Load(); n > 0 {
+			b.Fatalf("%d raw publishes failed", n)
+		}
+		return time.Since(start)
+	}
 
-	rates(b,
-		func(r int) time.Duration { return runBridge(b, route, benchRequests(r)) },
-		func(r int) time.Duration { return runPrebuilt(b, route, benchRequests(r)) },
-		func(int) time.Duration {
-			start := time.Now()
-			for j := range benchEvents {
-				if _, err := js.PublishAsync("bench.raw."+strconv.Itoa(j%benchWatchers), payload); err != nil {
-					b.Fatal(err)
-				}
+	rates(b, phases{
+		bridge:   func(r int) time.Duration { return runBridge(b, route, benchRequests(r)) },
+		prebuilt: func(r int) time.Duration { return runPrebuilt(b, route, benchRequests(r)) },
+		raw:      func(int) time.Duration { return publish(raw) },
+		same: func(r int) time.Duration {
+			msgs := make([]*nats.Msg, benchEvents)
+			for j, req := range benchRequests(r) {
+				msgs[j] = encode(req, "bench-s")
 			}
-			select {
-			case <-js.PublishAsyncComplete():
-			case <-time.After(time.Minute):
-				b.Fatal("raw publishes not acked within a minute")
+			return publish(msgs)
+		},
+		empty: func() {
+			if err := stream.Purge(context.Background()); err != nil {
+				b.Fatal(err)
 			}
-			if n := rawFailed.Load(); n > 0 {
-				b.Fatalf("%d raw publishes failed", n)
-			}
-			return time.Since(start)
-		})
+		},
+	})
 }
 
 // BenchmarkKafka compares the bridge with a raw kafka-go Writer (acks=all)
 // in the configuration that gave it the highest rate here: all records of
 // a round in one WriteMessages call, batches of 1000 records (100 and 500
-// were slower; larger batches pass the brokers' 1MiB message limit).
+// were slower; larger batches pass the brokers' 1MiB message limit). The
+// raw records are headerless, with the bridge's keys and a value of the
+// size of its headers and value (raw), or the bridge's own (same).
 func BenchmarkKafka(b *testing.B) {
 	const partitions = 8
 	// Small segments: kfake keeps each in one growing slice, and copying a
@@ -255,28 +364,59 @@ func BenchmarkKafka(b *testing.B) {
 		BatchSize: 1000, BatchBytes: 1 << 20, BatchTimeout: time.Millisecond,
 	}
 	defer w.Close()
-	sample, _ := event.New(benchRequests(0)[0], event.Options{Cluster: "bench", Instance: "b"})
-	km, _ := encodeKafka("bench", Binary, &sample)
-	size := len(km.Value)
-	for _, h := range km.Headers {
-		size += len(h.Key) + len(h.Value)
+	// encode is the bridge's record of req, as the sink sends it.
+	encode := func(req watch.Request, cluster string) kafka.Message {
+		e, err := event.New(req, event.Options{Cluster: cluster})
+		if err != nil {
+			b.Fatal(err)
+		}
+		t, err := route.Target(req.Watcher)
+		if err != nil {
+			b.Fatal(err)
+		}
+		m, err := encodeKafka(t.Subject, t.Mode, &e)
+		if err != nil {
+			b.Fatal(err)
+		}
+		return m
 	}
-	b.ReportMetric(float64(size+len(km.Key)), "bytes/msg")
-	msgs := make([]kafka.Message, benchEvents)
-	for j := range msgs {
-		msgs[j] = kafka.Message{Topic: "bench", Key: []byte("v1/ConfigMap/ns/watcher-" + strconv.Itoa(j%benchWatchers)), Value: make([]byte, size)}
+	raw := make([]kafka.Message, benchEvents)
+	for j, req := range benchRequests(0) {
+		m := encode(req, "bench-b")
+		size := len(m.Value)
+		for _, h := range m.Headers {
+			size += len(h.Key) + len(h.Value)
+		}
+		raw[j] = kafka.Message{Topic: m.Topic, Key: m.Key, Value: make([]byte, size)}
+	}
+	b.ReportMetric(float64(len(raw[0].Key)+len(raw[0].Value)), "bytes/msg")
+	write := func(msgs []kafka.Message) time.Duration {
+		start := time.Now()
+		if err := w.WriteMessages(context.Background(), msgs...); err != nil {
+			b.Fatal(err)
+		}
+		return time.Since(start)
 	}
 
-	rates(b,
-		func(r int) time.Duration { return runBridge(b, route, benchRequests(r)) },
-		func(r int) time.Duration { return runPrebuilt(b, route, benchRequests(r)) },
-		func(int) time.Duration {
-			start := time.Now()
-			if err := w.WriteMessages(context.Background(), msgs...); err != nil {
-				b.Fatal(err)
+	rates(b, phases{
+		bridge:   func(r int) time.Duration { return runBridge(b, route, benchRequests(r)) },
+		prebuilt: func(r int) time.Duration { return runPrebuilt(b, route, benchRequests(r)) },
+		raw:      func(int) time.Duration { return write(raw) },
+		same: func(r int) time.Duration {
+			msgs := make([]kafka.Message, benchEvents)
+			for j, req := range benchRequests(r) {
+				msgs[j] = encode(req, "bench-s")
 			}
-			return time.Since(start)
-		})
+			return write(msgs)
+		},
+		empty: func() {
+			for p := range int32(partitions) {
+				if err := c.DeleteRecords("bench", p, -1); err != nil {
+					b.Fatal(err)
+				}
+			}
+		},
+	})
 }
 
 // BenchmarkEncode measures the encode path of one event: event.New,
