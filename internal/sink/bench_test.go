@@ -136,12 +136,25 @@ func runPrebuilt(b *testing.B, route *Route, reqs []watch.Request) time.Duration
 	events := make([]ce.Event, len(reqs))
 	targets := make([]Target, len(reqs))
 	for i, req := range reqs {
-		events[i], _ = event.New(req, event.Options{Cluster: "bench-p"})
-		targets[i], _ = route.Target(req.Watcher)
+		events[i], targets[i] = build(b, route, req, "bench-p")
 	}
 	return runPipelined(b, len(reqs), func(i int, done func(error)) {
 		as.SendAsync(targets[i], events[i], done)
 	})
+}
+
+// build is req's event, naming cluster, and its target on route, as the
+// publisher makes them; an error fails the benchmark.
+func build(b *testing.B, route *Route, req watch.Request, cluster string) (ce.Event, Target) {
+	e, err := event.New(req, event.Options{Cluster: cluster})
+	if err != nil {
+		b.Fatal(err)
+	}
+	t, err := route.Target(req.Watcher)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return e, t
 }
 
 // phases of one benchmark: each publishes the benchEvents messages of
@@ -175,13 +188,16 @@ type phases struct {
 //     brokers included (cpu-us/event, raw-cpu-us/event);
 //   - the bridge's bound on events in flight.
 func rates(b *testing.B, p phases) {
-	// A round of each first, not counted: connections, metadata, pools
-	// and the heap (which the brokers' stored messages grow, and with it
-	// the GC's pace) settle before the first timed phase.
-	run := func(phase func(int) time.Duration, r int) time.Duration {
+	// run empties the broker, runs phase for round r and returns its
+	// time and the CPU time the process used meanwhile.
+	run := func(phase func(int) time.Duration, r int) (wall, cpu time.Duration) {
 		p.empty()
-		return phase(r)
+		c := cpuTime()
+		wall = phase(r)
+		return wall, cpuTime() - c
 	}
+	// A round of each first, not counted: connections, metadata, pools
+	// and the heap settle before the first timed phase.
 	run(p.bridge, 0)
 	run(p.prebuilt, 0)
 	run(p.raw, 0)
@@ -193,17 +209,12 @@ func rates(b *testing.B, p phases) {
 	for i := 0; i < b.N; i++ {
 		for j := range benchRounds {
 			r := 1 + i*benchRounds + j
-			p.empty()
-			c := cpuTime()
-			bridge := p.bridge(r)
-			cb += cpuTime() - c
-			tp += run(p.prebuilt, r)
-			p.empty()
-			c = cpuTime()
-			raw := p.raw(r)
-			cr += cpuTime() - c
-			same := run(p.same, r)
-			tb, tr, ts = tb+bridge, tr+raw, ts+same
+			bridge, bridgeCPU := run(p.bridge, r)
+			prebuilt, _ := run(p.prebuilt, r)
+			raw, rawCPU := run(p.raw, r)
+			same, _ := run(p.same, r)
+			tb, tp, tr, ts = tb+bridge, tp+prebuilt, tr+raw, ts+same
+			cb, cr = cb+bridgeCPU, cr+rawCPU
 			ratios = append(ratios, raw.Seconds()/bridge.Seconds())
 			sameRatios = append(sameRatios, same.Seconds()/bridge.Seconds())
 		}
@@ -275,14 +286,7 @@ func BenchmarkJetStream(b *testing.B) {
 	}
 	// encode is the bridge's message of req, as the sink sends it.
 	encode := func(req watch.Request, cluster string) *nats.Msg {
-		e, err := event.New(req, event.Options{Cluster: cluster})
-		if err != nil {
-			b.Fatal(err)
-		}
-		t, err := route.Target(req.Watcher)
-		if err != nil {
-			b.Fatal(err)
-		}
+		e, t := build(b, route, req, cluster)
 		m, err := encodeNATS(t.Subject, t.Mode, &e)
 		if err != nil {
 			b.Fatal(err)
@@ -366,14 +370,7 @@ func BenchmarkKafka(b *testing.B) {
 	defer w.Close()
 	// encode is the bridge's record of req, as the sink sends it.
 	encode := func(req watch.Request, cluster string) kafka.Message {
-		e, err := event.New(req, event.Options{Cluster: cluster})
-		if err != nil {
-			b.Fatal(err)
-		}
-		t, err := route.Target(req.Watcher)
-		if err != nil {
-			b.Fatal(err)
-		}
+		e, t := build(b, route, req, cluster)
 		m, err := encodeKafka(t.Subject, t.Mode, &e)
 		if err != nil {
 			b.Fatal(err)
