@@ -13,6 +13,7 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"fmt"
+	"hash/maphash"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -78,6 +79,10 @@ type Options struct {
 // type and subject are never empty and its data content type is a
 // constant, so New does not spend a validation on every event; the tests
 // validate what it builds.
+//
+// Events of one watcher share their Extensions map (see
+// watcherAttributes): to change an event's extensions, change those of a
+// copy (Event.Clone copies the map), never the event's own.
 func New(req watch.Request, opts Options) (ce.Event, error) {
 	if opts.Cluster == "" {
 		opts.Cluster = "default"
@@ -85,7 +90,7 @@ func New(req watch.Request, opts Options) (ce.Event, error) {
 	if opts.Instance == "" {
 		opts.Instance = "depbridge"
 	}
-	key := watcherKey(req.Watcher)
+	w := watcherOf(req.Watcher)
 
 	d := Data{Watcher: req.Watcher, Causes: req.Causes, Truncated: req.Truncated}
 	if opts.IncludeObjects {
@@ -93,44 +98,80 @@ func New(req watch.Request, opts Options) (ce.Event, error) {
 	}
 	data, err := d.encode()
 	if err != nil {
-		return ce.Event{}, fmt.Errorf("encode data of reconcile request for %s: %w", key, err)
+		return ce.Event{}, fmt.Errorf("encode data of reconcile request for %s: %w", w.key, err)
 	}
 
-	// The context and the values it points to share one allocation. Setting
+	// The context and the time it points to share one allocation. Setting
 	// the fields directly skips the SDK's setters, their validation and
 	// their copies.
-	c := &eventContext{subject: key}
+	c := &eventContext{}
 	c.ctx = ce.EventContextV1{
 		ID:              ID(opts.Cluster, req),
 		Source:          source(opts.Cluster, opts.Instance),
 		Type:            Type,
-		Subject:         &c.subject,
+		Subject:         &w.key,
 		DataContentType: &dataContentType,
-		Extensions: map[string]any{
-			ExtPartitionKey:      key,
-			ExtWatcherAPIVersion: apiVersion(req.Watcher),
-			ExtWatcherKind:       req.Watcher.Kind,
-		},
+		Extensions:      w.extensions,
 	}
 	if !req.Enqueued.IsZero() {
 		c.time = types.Timestamp{Time: req.Enqueued}
 		c.ctx.Time = &c.time
 	}
-	if req.Watcher.Namespace != "" {
-		c.ctx.Extensions[ExtWatcherNamespace] = req.Watcher.Namespace
-	}
-	if req.Watcher.Name != "" {
-		c.ctx.Extensions[ExtWatcherName] = req.Watcher.Name
-	}
 	return ce.Event{Context: &c.ctx, DataEncoded: data}, nil
 }
 
-// eventContext holds an event's context and the values its pointer fields
-// refer to, so that New allocates them together.
+// eventContext holds an event's context and the time it refers to, so
+// that New allocates them together.
 type eventContext struct {
-	ctx     ce.EventContextV1
-	subject string
-	time    types.Timestamp
+	ctx  ce.EventContextV1
+	time types.Timestamp
+}
+
+// watcherAttributes are what an event takes from its watcher alone: its
+// key (the subject, and the partitionkey) and the extensions. Every event
+// of a watcher has the same, so New shares them between the events of
+// recent watchers (watcherOf) rather than building a map and boxing five
+// strings for every event: the extensions are most of what New allocates.
+// Nothing writes to them after watcherOf built them; the SDK never writes
+// through Subject (SetSubject replaces the pointer), but its SetExtension
+// writes into the map in place, hence New's contract.
+type watcherAttributes struct {
+	ref        cache.Ref
+	key        string
+	extensions map[string]any
+}
+
+// recentWatchers is a direct-mapped cache of the watcherAttributes of
+// recent watchers, indexed by a hash of the watcher's Ref; a watcher whose
+// slot holds another gets new ones, which take the slot. Its size bounds
+// the memory it holds (a few hundred bytes a slot) and is larger than the
+// watchers that change at once in most clusters.
+var (
+	recentWatchers    [4096]atomic.Pointer[watcherAttributes]
+	recentWatcherSeed = maphash.MakeSeed()
+)
+
+// watcherOf returns the attributes of watcher r, shared with other events
+// of r.
+func watcherOf(r cache.Ref) *watcherAttributes {
+	slot := &recentWatchers[maphash.Comparable(recentWatcherSeed, r)%uint64(len(recentWatchers))]
+	if w := slot.Load(); w != nil && w.ref == r {
+		return w
+	}
+	w := &watcherAttributes{ref: r, key: watcherKey(r)}
+	w.extensions = map[string]any{
+		ExtPartitionKey:      w.key,
+		ExtWatcherAPIVersion: apiVersion(r),
+		ExtWatcherKind:       r.Kind,
+	}
+	if r.Namespace != "" {
+		w.extensions[ExtWatcherNamespace] = r.Namespace
+	}
+	if r.Name != "" {
+		w.extensions[ExtWatcherName] = r.Name
+	}
+	slot.Store(w)
+	return w
 }
 
 // dataContentType is what every event's DataContentType points to. The SDK

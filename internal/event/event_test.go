@@ -7,7 +7,9 @@ import (
 	"reflect"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -506,6 +508,55 @@ func TestWatcherKeyAndAPIVersionMatchRef(t *testing.T) {
 		}
 		if got, want := apiVersion(r), r.APIVersion(); got != want {
 			t.Errorf("apiVersion(%v) = %q, want %q", r, got, want)
+		}
+	}
+}
+
+// TestNewWatcherAttributesShared builds events for more watchers than
+// recentWatchers has slots, from several goroutines at once, so that slots
+// are taken over while others read them: each event must carry its own
+// watcher's key and extensions. It also checks the contract on sharing: a
+// clone's extensions can be changed without changing the original's.
+func TestNewWatcherAttributesShared(t *testing.T) {
+	const goroutines = 4
+	n := 2 * len(recentWatchers)
+	var wg sync.WaitGroup
+	for g := range goroutines {
+		wg.Go(func() {
+			for i := range n {
+				w := cache.Ref{Version: "v1", Kind: "ConfigMap", Namespace: "ns-" + strconv.Itoa(i%3), Name: "w-" + strconv.Itoa((i+g*n/goroutines)%n)}
+				e, err := New(watch.Request{Watcher: w}, Options{})
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				exts := e.Extensions()
+				if e.Subject() != w.Key() || exts[ExtPartitionKey] != w.Key() || exts[ExtWatcherName] != w.Name ||
+					exts[ExtWatcherNamespace] != w.Namespace || exts[ExtWatcherKind] != w.Kind || exts[ExtWatcherAPIVersion] != "v1" {
+					t.Errorf("event of %s: subject %q, extensions %v", w.Key(), e.Subject(), exts)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+
+	a, err := New(request(), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := a.Clone()
+	b.SetExtension(ExtWatcherName, "changed")
+	if got := b.Extensions()[ExtWatcherName]; got != "changed" {
+		t.Fatalf("clone's watchername = %v after SetExtension", got)
+	}
+	c, err := New(request(), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range []ce.Event{a, c} {
+		if got := e.Extensions()[ExtWatcherName]; got != watcherCM.Name {
+			t.Errorf("watchername = %v after a clone's was changed, want %q", got, watcherCM.Name)
 		}
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/url"
 	"sync/atomic"
+	"time"
 
 	ce "github.com/cloudevents/sdk-go/v2/event"
 	"github.com/cloudevents/sdk-go/v2/types"
@@ -23,10 +24,39 @@ import (
 // attribute is one context attribute in its canonical string form.
 type attribute struct {
 	name, value string
+	// time is set for the time attribute instead of value: its string form
+	// is only made when it is written (text, appendText), which the Kafka
+	// writer does without allocating.
+	time *time.Time
+}
+
+// text is a's value in canonical string form.
+func (a *attribute) text() string {
+	if a.time != nil {
+		return types.FormatTime(*a.time)
+	}
+	return a.value
+}
+
+// appendText appends text() to b.
+func (a *attribute) appendText(b []byte) []byte {
+	if a.time != nil {
+		return a.time.UTC().AppendFormat(b, time.RFC3339Nano)
+	}
+	return append(b, a.value...)
+}
+
+// maxLen is at least len(text()) (for a time in years 0 to 9999).
+func (a *attribute) maxLen() int {
+	if a.time != nil {
+		return len("2006-01-02T15:04:05.999999999Z")
+	}
+	return len(a.value)
 }
 
 // attributes appends to buf every attribute of e, datacontenttype
-// included, in its canonical string form: specversion, id, source, type,
+// included, in its canonical string form (the time's is made when it is
+// written): specversion, id, source, type,
 // then the optional attributes that are set, then the extensions (in map
 // order). Only CloudEvents 1.0 events are written.
 func attributes(e *ce.Event, buf []attribute) ([]attribute, error) {
@@ -35,21 +65,21 @@ func attributes(e *ce.Event, buf []attribute) ([]attribute, error) {
 		return buf, fmt.Errorf("specversion %q is not supported: events are written as CloudEvents 1.0", e.SpecVersion())
 	}
 	buf = append(buf,
-		attribute{"specversion", ce.CloudEventsVersionV1},
-		attribute{"id", ec.ID},
-		attribute{"source", uriString(&ec.Source.URL)},
-		attribute{"type", ec.Type})
+		attribute{name: "specversion", value: ce.CloudEventsVersionV1},
+		attribute{name: "id", value: ec.ID},
+		attribute{name: "source", value: uriString(&ec.Source.URL)},
+		attribute{name: "type", value: ec.Type})
 	if ec.Subject != nil {
-		buf = append(buf, attribute{"subject", *ec.Subject})
+		buf = append(buf, attribute{name: "subject", value: *ec.Subject})
 	}
 	if ec.Time != nil {
-		buf = append(buf, attribute{"time", ec.Time.String()})
+		buf = append(buf, attribute{name: "time", time: &ec.Time.Time})
 	}
 	if ec.DataContentType != nil {
-		buf = append(buf, attribute{"datacontenttype", *ec.DataContentType})
+		buf = append(buf, attribute{name: "datacontenttype", value: *ec.DataContentType})
 	}
 	if ec.DataSchema != nil {
-		buf = append(buf, attribute{"dataschema", ec.DataSchema.String()})
+		buf = append(buf, attribute{name: "dataschema", value: ec.DataSchema.String()})
 	}
 	for name, v := range ec.Extensions {
 		s, ok := v.(string)
@@ -59,7 +89,7 @@ func attributes(e *ce.Event, buf []attribute) ([]attribute, error) {
 				return buf, fmt.Errorf("extension %s: %w", name, err)
 			}
 		}
-		buf = append(buf, attribute{name, s})
+		buf = append(buf, attribute{name: name, value: s})
 	}
 	return buf, nil
 }

@@ -90,11 +90,11 @@ func (s *Kafka) Send(ctx context.Context, t Target, e ce.Event) error {
 		return err
 	}
 	defer s.inflight.done()
-	m, err := encodeKafka(t.Subject, t.Mode, &e)
+	r, err := newKafkaRecord(t.Subject, t.Mode, &e)
 	if err != nil {
 		return err
 	}
-	if err := s.p.produce(ctx, &m); err != nil {
+	if err := s.p.produce(ctx, r); err != nil {
 		return fmt.Errorf("publish %s to %q: %w", e.ID(), t.Subject, err)
 	}
 	return nil
@@ -107,13 +107,13 @@ func (s *Kafka) SendAsync(t Target, e ce.Event, done func(error)) {
 		done(err)
 		return
 	}
-	m, err := encodeKafka(t.Subject, t.Mode, &e)
+	r, err := newKafkaRecord(t.Subject, t.Mode, &e)
 	if err != nil {
 		s.inflight.done()
 		done(err)
 		return
 	}
-	s.p.produceAsync(context.Background(), &m, func(err error) {
+	s.p.produceAsync(context.Background(), r, func(err error) {
 		if err != nil {
 			err = fmt.Errorf("publish %s to %q: %w", e.ID(), t.Subject, err)
 		}

@@ -402,6 +402,13 @@ func TestKafkaBatchesConcurrentSends(t *testing.T) {
 	partitionOf := map[string]int{}
 	next := map[string]int{}
 	for _, r := range recs { // in offset order per partition
+		// The records of a request share the buffers their headers are
+		// written into: each must still decode to the very event sent.
+		w, err := strconv.Atoi(strings.TrimPrefix(r.key, "v1/ConfigMap/ns/watcher-"))
+		if err != nil {
+			t.Fatalf("record key %q is not a test watcher's", r.key)
+		}
+		assertSameEvent(t, decodeKafka(t, r.msg), testEvent(t, w, r.seq))
 		if p, ok := partitionOf[r.key]; ok && p != r.partition {
 			t.Errorf("watcher %s on partitions %d and %d", r.key, p, r.partition)
 		}

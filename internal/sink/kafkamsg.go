@@ -28,49 +28,80 @@ var kafkaStructuredCT = []byte(structuredJSONCT)
 // encodeKafka writes e onto a new Kafka record for topic in mode. The
 // record shares e's data; neither may be modified afterwards.
 func encodeKafka(topic string, mode Mode, e *ce.Event) (kafka.Message, error) {
-	m := kafka.Message{Topic: topic}
-	fail := func(err error) (kafka.Message, error) {
-		return m, fmt.Errorf("encode event %s for Kafka (%s mode): %w", e.ID(), mode, err)
+	r, err := newKafkaRecord(topic, mode, e)
+	if err != nil {
+		return kafka.Message{}, err
+	}
+	m := kafka.Message{Topic: topic, Key: r.key, Value: r.value}
+	m.Headers, _ = r.appendHeaders(nil, make([]byte, 0, r.size))
+	return m, nil
+}
+
+// kafkaRecord is an event on its way to a Kafka record. Its headers are
+// written only when the produce request that carries it is (appendHeaders),
+// into buffers that the request's records share: queuing an event costs
+// its key, not a header slice and a copy of every attribute.
+type kafkaRecord struct {
+	topic string
+	mode  Mode
+	event ce.Event
+	key   []byte // the partitionkey; nil when the event has none
+	value []byte // the data (binary mode) or the event in JSON (structured)
+	size  int    // about the bytes it takes in a record batch, at least those of its key, value and header values
+}
+
+// newKafkaRecord checks that e can be written in mode and returns its
+// record for topic, which shares e's data; neither may be modified
+// afterwards.
+func newKafkaRecord(topic string, mode Mode, e *ce.Event) (kafkaRecord, error) {
+	r := kafkaRecord{topic: topic, mode: mode, event: *e}
+	fail := func(err error) (kafkaRecord, error) {
+		return kafkaRecord{}, fmt.Errorf("encode event %s for Kafka (%s mode): %w", e.ID(), mode, err)
 	}
 	key, hasKey, err := partitionKey(e)
 	if err != nil {
 		return fail(err)
 	}
+	if hasKey {
+		r.key = []byte(key)
+	}
 	if mode == Structured {
-		if m.Value, err = structuredJSON(e); err != nil {
+		if r.value, err = structuredJSON(e); err != nil {
 			return fail(err)
 		}
-		m.Headers = []kafka.Header{{Key: kafkaContentType, Value: kafkaStructuredCT}}
-		if hasKey {
-			m.Key = []byte(key)
-		}
-		return m, nil
+		r.size = 32 + len(r.key) + len(r.value) + 8 + len(kafkaContentType) + len(kafkaStructuredCT)
+		return r, nil
 	}
 	var stack [maxAttributes]attribute
 	attrs, err := attributes(e, stack[:0])
 	if err != nil {
 		return fail(err)
 	}
-	// One backing array for the key and all header values.
-	n := len(key)
-	for _, a := range attrs {
-		n += len(a.value)
-	}
-	values := make([]byte, 0, n)
-	if hasKey {
-		values = append(values, key...)
-		m.Key = values[:len(key):len(key)]
-	}
-	m.Headers = make([]kafka.Header, len(attrs))
-	for i, a := range attrs {
-		start := len(values)
-		values = append(values, a.value...)
-		m.Headers[i] = kafka.Header{Key: kafkaHeaderName(a.name), Value: values[start:len(values):len(values)]}
-	}
 	if len(e.DataEncoded) > 0 {
-		m.Value = e.DataEncoded
+		r.value = e.DataEncoded
 	}
-	return m, nil
+	r.size = 32 + len(r.key) + len(r.value)
+	for i := range attrs {
+		r.size += 8 + len(kafkaHeaderName(attrs[i].name)) + attrs[i].maxLen()
+	}
+	return r, nil
+}
+
+// appendHeaders appends r's headers to hs and their values to buf, which
+// the headers then refer to, and returns both. In binary mode the values
+// take less than r.size bytes of buf.
+func (r *kafkaRecord) appendHeaders(hs []kafka.Header, buf []byte) ([]kafka.Header, []byte) {
+	if r.mode == Structured {
+		return append(hs, kafka.Header{Key: kafkaContentType, Value: kafkaStructuredCT}), buf
+	}
+	var stack [maxAttributes]attribute
+	attrs, _ := attributes(&r.event, stack[:0]) // newKafkaRecord checked that this works
+	for i := range attrs {
+		start := len(buf)
+		buf = attrs[i].appendText(buf)
+		hs = append(hs, kafka.Header{Key: kafkaHeaderName(attrs[i].name), Value: buf[start:len(buf):len(buf)]})
+	}
+	return hs, buf
 }
 
 // kafkaHeaderNames avoids building "ce_"+name for the attributes and

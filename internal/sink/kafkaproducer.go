@@ -107,11 +107,10 @@ type partitionQueue struct {
 
 // pendingRecord is one produce call waiting for its ack.
 type pendingRecord struct {
-	ctx  context.Context // the caller's: once done, the record is not sent
-	msg  *kafka.Message
-	size int
-	at   time.Time       // when it was queued; only set for a linger
-	done func(err error) // called once with the result; must not block
+	ctx    context.Context // the caller's: once done, the record is not sent
+	record kafkaRecord
+	at     time.Time       // when it was queued; only set for a linger
+	done   func(err error) // called once with the result; must not block
 }
 
 func newProducer(client *kafka.Client, transport *kafka.Transport, linger time.Duration, log *slog.Logger) *producer {
@@ -124,14 +123,14 @@ func newProducer(client *kafka.Client, transport *kafka.Transport, linger time.D
 	}
 }
 
-// produce sends m to the partition of its key in m.Topic and returns when
-// the partition leader acknowledged it with acks=all, the request failed,
-// or ctx is done. m and its byte slices must not be modified afterwards
-// either: as with kafka-go's Writer, a request given up on may still be
-// reading them.
-func (p *producer) produce(ctx context.Context, m *kafka.Message) error {
+// produce sends r to the partition of its key in its topic and returns
+// when the partition leader acknowledged it with acks=all, the request
+// failed, or ctx is done. r's event and byte slices must not be modified
+// afterwards either: as with kafka-go's Writer, a request given up on may
+// still be reading them.
+func (p *producer) produce(ctx context.Context, r kafkaRecord) error {
 	result := make(chan error, 1) // done never blocks, even after ctx
-	p.produceAsync(ctx, m, func(err error) { result <- err })
+	p.produceAsync(ctx, r, func(err error) { result <- err })
 	select {
 	case err := <-result:
 		return err
@@ -140,22 +139,22 @@ func (p *producer) produce(ctx context.Context, m *kafka.Message) error {
 	}
 }
 
-// produceAsync queues m as produce does and calls done once with the
-// result, on a flusher goroutine or, when m cannot be queued, before it
-// returns. Once ctx is done, m is no longer sent (done gets ctx's cause)
+// produceAsync queues r as produce does and calls done once with the
+// result, on a flusher goroutine or, when r cannot be queued, before it
+// returns. Once ctx is done, r is no longer sent (done gets ctx's cause)
 // and an attempt that failed is not repeated for it.
-func (p *producer) produceAsync(ctx context.Context, m *kafka.Message, done func(error)) {
-	q, err := p.queue(ctx, m)
+func (p *producer) produceAsync(ctx context.Context, r kafkaRecord, done func(error)) {
+	q, err := p.queue(ctx, &r)
 	if err != nil {
 		done(err)
 		return
 	}
-	r := &pendingRecord{ctx: ctx, msg: m, size: recordSize(m), done: done}
+	pr := &pendingRecord{ctx: ctx, record: r, done: done}
 	if p.linger > 0 {
-		r.at = time.Now()
+		pr.at = time.Now()
 	}
 	q.mu.Lock()
-	q.pending = append(q.pending, r)
+	q.pending = append(q.pending, pr)
 	start := !q.flushing
 	q.flushing = true
 	q.mu.Unlock()
@@ -164,11 +163,11 @@ func (p *producer) produceAsync(ctx context.Context, m *kafka.Message, done func
 	}
 }
 
-// queue returns the queue of m's partition, reading the topic's partitions
+// queue returns the queue of r's partition, reading the topic's partitions
 // when they are not known or have expired.
-func (p *producer) queue(ctx context.Context, m *kafka.Message) (*partitionQueue, error) {
+func (p *producer) queue(ctx context.Context, r *kafkaRecord) (*partitionQueue, error) {
 	p.mu.RLock()
-	stopped, tp := p.stopped, p.topics[m.Topic]
+	stopped, tp := p.stopped, p.topics[r.topic]
 	p.mu.RUnlock()
 	if stopped {
 		return nil, ErrClosed
@@ -176,19 +175,19 @@ func (p *producer) queue(ctx context.Context, m *kafka.Message) (*partitionQueue
 	switch {
 	case tp == nil:
 		var err error
-		if tp, err = p.readPartitions(ctx, m.Topic); err != nil {
+		if tp, err = p.readPartitions(ctx, r.topic); err != nil {
 			return nil, err
 		}
 	case time.Now().After(tp.expires) && tp.rereading.CompareAndSwap(false, true):
 		// One caller reads again (partitions may have been added); the
 		// others go on with what is known.
-		if fresh, err := p.readPartitions(ctx, m.Topic); err == nil {
+		if fresh, err := p.readPartitions(ctx, r.topic); err == nil {
 			tp = fresh
 		} else {
 			tp.rereading.Store(false) // a later call tries again
 		}
 	}
-	key := topicPartition{m.Topic, p.balancer.Balance(*m, tp.ids...)}
+	key := topicPartition{r.topic, p.balancer.Balance(kafka.Message{Key: r.key}, tp.ids...)}
 	p.mu.RLock()
 	q := p.queues[key]
 	p.mu.RUnlock()
@@ -300,7 +299,7 @@ func (p *producer) next(q *partitionQueue) (batch, dropped []*pendingRecord) {
 		n, size := 0, 0
 		batch = make([]*pendingRecord, 0, min(len(q.pending), kafkaMaxBatchRecords))
 		for _, r := range q.pending {
-			if len(batch) == kafkaMaxBatchRecords || len(batch) > 0 && size+r.size > kafkaMaxBatchBytes {
+			if len(batch) == kafkaMaxBatchRecords || len(batch) > 0 && size+r.record.size > kafkaMaxBatchBytes {
 				break
 			}
 			n++
@@ -309,7 +308,7 @@ func (p *producer) next(q *partitionQueue) (batch, dropped []*pendingRecord) {
 				continue
 			}
 			batch = append(batch, r)
-			size += r.size
+			size += r.record.size
 		}
 		// Keep the backing array for the records to come.
 		left := copy(q.pending, q.pending[n:])
@@ -442,37 +441,36 @@ func staleMetadata(err error) bool {
 		errors.Is(err, protocol.ErrNoTopic) || errors.Is(err, protocol.ErrNoPartition) || errors.Is(err, protocol.ErrNoLeader)
 }
 
-// recordSize is about the bytes m takes in a record batch.
-func recordSize(m *kafka.Message) int {
-	n := 32 + len(m.Key) + len(m.Value)
-	for _, h := range m.Headers {
-		n += 8 + len(h.Key) + len(h.Value)
-	}
-	return n
-}
-
-// batchRecords is a kafka.RecordReader over a batch, reusing one record
-// and two readers as kafka-go's Writer does.
+// batchRecords is a kafka.RecordReader over a batch that writes each
+// record's headers when it is read, reusing one record, two readers and
+// the headers' buffers, as kafka-go reads a record to the end before it
+// asks for the next.
 type batchRecords struct {
 	batch      []*pendingRecord
 	i          int
 	record     kafka.Record
 	key, value bytesReadCloser
+	headers    []kafka.Header
+	buf        []byte // the headers' values
 }
 
 func (b *batchRecords) ReadRecord() (*kafka.Record, error) {
 	if b.i >= len(b.batch) {
 		return nil, io.EOF
 	}
-	m := b.batch[b.i].msg
+	r := &b.batch[b.i].record
 	b.i++
-	b.record = kafka.Record{Time: m.Time, Headers: m.Headers}
-	if m.Key != nil {
-		b.key.Reset(m.Key)
+	if cap(b.buf) < r.size {
+		b.buf = make([]byte, 0, r.size)
+	}
+	b.headers, b.buf = r.appendHeaders(b.headers[:0], b.buf[:0])
+	b.record = kafka.Record{Headers: b.headers}
+	if r.key != nil {
+		b.key.Reset(r.key)
 		b.record.Key = &b.key
 	}
-	if m.Value != nil {
-		b.value.Reset(m.Value)
+	if r.value != nil {
+		b.value.Reset(r.value)
 		b.record.Value = &b.value
 	}
 	return &b.record, nil

@@ -48,7 +48,7 @@ func encodeNATS(subject string, mode Mode, e *ce.Event) (*nats.Msg, error) {
 	// One backing array for the one-element value slices of all headers.
 	values := make([]string, len(attrs))
 	for i, a := range attrs {
-		values[i] = percentEncode(a.value)
+		values[i] = percentEncode(a.text())
 		m.Header[natsHeaderName(a.name)] = values[i : i+1 : i+1]
 	}
 	if len(e.DataEncoded) > 0 {
