@@ -33,7 +33,10 @@ import (
 // the same size to the same subjects or keys through the raw client at its
 // best (raw/s); then the bridge's own messages, encoded beforehand,
 // through the same raw client (same/s). Interleaving the phases within
-// one run keeps the ratios fair on a shared machine. Each phase's events
+// one run keeps the ratios fair on a shared machine, and so does starting
+// each with a collected heap: a phase pays for the garbage it makes, not
+// for an earlier phase's, which in a shared heap swung the raw rate 2x
+// with the raw code unchanged. Each phase's events
 // name another cluster (bench-b, bench-p, bench-s): ids of their own, of
 // one length, so that JetStream stores them all.
 const (
@@ -110,37 +113,49 @@ func runPipelined(b *testing.B, n int, send func(i int, done func(error))) time.
 	return elapsed
 }
 
-// runBridge sends reqs through route the way the engine and the publisher
-// do: build the event, render the subject, SendAsync.
-func runBridge(b *testing.B, route *Route, reqs []watch.Request) time.Duration {
-	as := route.Sink.(AsyncSender)
-	return runPipelined(b, len(reqs), func(i int, done func(error)) {
-		e, err := event.New(reqs[i], event.Options{Cluster: "bench-b"})
-		if err != nil {
-			done(err)
-			return
+// bridgePhase sends the requests of a round through route the way the
+// engine and the publisher do: build the event, render the subject,
+// SendAsync.
+func bridgePhase(b *testing.B, route *Route) phase {
+	return func(r int) func() time.Duration {
+		reqs := benchRequests(r)
+		as := route.Sink.(AsyncSender)
+		return func() time.Duration {
+			return runPipelined(b, len(reqs), func(i int, done func(error)) {
+				e, err := event.New(reqs[i], event.Options{Cluster: "bench-b"})
+				if err != nil {
+					done(err)
+					return
+				}
+				tgt, err := route.Target(reqs[i].Watcher)
+				if err != nil {
+					done(err)
+					return
+				}
+				as.SendAsync(tgt, e, done)
+			})
 		}
-		tgt, err := route.Target(reqs[i].Watcher)
-		if err != nil {
-			done(err)
-			return
-		}
-		as.SendAsync(tgt, e, done)
-	})
+	}
 }
 
-// runPrebuilt sends reqs' events, built beforehand with another cluster
-// name (other ids, so JetStream keeps them), through route's SendAsync.
-func runPrebuilt(b *testing.B, route *Route, reqs []watch.Request) time.Duration {
-	as := route.Sink.(AsyncSender)
-	events := make([]ce.Event, len(reqs))
-	targets := make([]Target, len(reqs))
-	for i, req := range reqs {
-		events[i], targets[i] = build(b, route, req, "bench-p")
+// prebuiltPhase sends the events of a round's requests, built beforehand
+// with another cluster name (other ids, so JetStream keeps them), through
+// route's SendAsync.
+func prebuiltPhase(b *testing.B, route *Route) phase {
+	return func(r int) func() time.Duration {
+		reqs := benchRequests(r)
+		events := make([]ce.Event, len(reqs))
+		targets := make([]Target, len(reqs))
+		for i, req := range reqs {
+			events[i], targets[i] = build(b, route, req, "bench-p")
+		}
+		as := route.Sink.(AsyncSender)
+		return func() time.Duration {
+			return runPipelined(b, len(reqs), func(i int, done func(error)) {
+				as.SendAsync(targets[i], events[i], done)
+			})
+		}
 	}
-	return runPipelined(b, len(reqs), func(i int, done func(error)) {
-		as.SendAsync(targets[i], events[i], done)
-	})
 }
 
 // build is req's event, naming cluster, and its target on route, as the
@@ -157,17 +172,22 @@ func build(b *testing.B, route *Route, req watch.Request, cluster string) (ce.Ev
 	return e, t
 }
 
-// phases of one benchmark: each publishes the benchEvents messages of
-// round r and returns how long it took until all were acknowledged.
+// phase prepares what round r publishes and returns send, which publishes
+// it and returns how long it took until all was acknowledged. Only send is
+// timed.
+type phase func(r int) (send func() time.Duration)
+
+// phases of one benchmark, each publishing the benchEvents messages of a
+// round.
 type phases struct {
 	// bridge builds each event and sends it through the sink as the
-	// engine does (runBridge); prebuilt sends events built beforehand
-	// (runPrebuilt).
-	bridge, prebuilt func(r int) time.Duration
+	// engine does (bridgePhase); prebuilt sends events built beforehand
+	// (prebuiltPhase).
+	bridge, prebuilt phase
 	// raw publishes same-size messages with no headers through the raw
 	// client at its best; same publishes the bridge's own messages,
 	// encoded beforehand, headers included, through the same raw client.
-	raw, same func(r int) time.Duration
+	raw, same phase
 	// empty, called before each phase and not timed, removes what the
 	// broker stored, so that every phase starts on the same broker state
 	// and the stored messages do not grow the shared heap.
@@ -188,12 +208,16 @@ type phases struct {
 //     brokers included (cpu-us/event, raw-cpu-us/event);
 //   - the bridge's bound on events in flight.
 func rates(b *testing.B, p phases) {
-	// run empties the broker, runs phase for round r and returns its
-	// time and the CPU time the process used meanwhile.
-	run := func(phase func(int) time.Duration, r int) (wall, cpu time.Duration) {
+	// run empties the broker, prepares round r of phase, collects the
+	// garbage (so that no phase pays for an earlier one's, nor for its own
+	// preparation), then sends and returns the time it took and the CPU
+	// time the process used meanwhile.
+	run := func(phase phase, r int) (wall, cpu time.Duration) {
 		p.empty()
+		send := phase(r)
+		runtime.GC()
 		c := cpuTime()
-		wall = phase(r)
+		wall = send()
 		return wall, cpuTime() - c
 	}
 	// A round of each first, not counted: connections, metadata, pools
@@ -322,15 +346,15 @@ func BenchmarkJetStream(b *testing.B) {
 	}
 
 	rates(b, phases{
-		bridge:   func(r int) time.Duration { return runBridge(b, route, benchRequests(r)) },
-		prebuilt: func(r int) time.Duration { return runPrebuilt(b, route, benchRequests(r)) },
-		raw:      func(int) time.Duration { return publish(raw) },
-		same: func(r int) time.Duration {
+		bridge:   bridgePhase(b, route),
+		prebuilt: prebuiltPhase(b, route),
+		raw:      func(int) func() time.Duration { return func() time.Duration { return publish(raw) } },
+		same: func(r int) func() time.Duration {
 			msgs := make([]*nats.Msg, benchEvents)
 			for j, req := range benchRequests(r) {
 				msgs[j] = encode(req, "bench-s")
 			}
-			return publish(msgs)
+			return func() time.Duration { return publish(msgs) }
 		},
 		empty: func() {
 			if err := stream.Purge(context.Background()); err != nil {
@@ -396,15 +420,15 @@ func BenchmarkKafka(b *testing.B) {
 	}
 
 	rates(b, phases{
-		bridge:   func(r int) time.Duration { return runBridge(b, route, benchRequests(r)) },
-		prebuilt: func(r int) time.Duration { return runPrebuilt(b, route, benchRequests(r)) },
-		raw:      func(int) time.Duration { return write(raw) },
-		same: func(r int) time.Duration {
+		bridge:   bridgePhase(b, route),
+		prebuilt: prebuiltPhase(b, route),
+		raw:      func(int) func() time.Duration { return func() time.Duration { return write(raw) } },
+		same: func(r int) func() time.Duration {
 			msgs := make([]kafka.Message, benchEvents)
 			for j, req := range benchRequests(r) {
 				msgs[j] = encode(req, "bench-s")
 			}
-			return write(msgs)
+			return func() time.Duration { return write(msgs) }
 		},
 		empty: func() {
 			for p := range int32(partitions) {

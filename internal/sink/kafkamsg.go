@@ -33,7 +33,18 @@ func encodeKafka(topic string, mode Mode, e *ce.Event) (kafka.Message, error) {
 		return kafka.Message{}, err
 	}
 	m := kafka.Message{Topic: topic, Key: r.key, Value: r.value}
-	m.Headers, _ = r.appendHeaders(nil, make([]byte, 0, r.size))
+	if mode == Structured {
+		m.Headers, _ = r.appendHeaders(make([]kafka.Header, 0, 1), nil)
+		return m, nil
+	}
+	// Exactly sized: a record kept for long should not hold more.
+	var stack [maxAttributes]attribute
+	attrs, _ := attributes(e, stack[:0]) // newKafkaRecord checked that this works
+	n := 0
+	for i := range attrs {
+		n += attrs[i].maxLen()
+	}
+	m.Headers, _ = r.appendHeaders(make([]kafka.Header, 0, len(attrs)), make([]byte, 0, n))
 	return m, nil
 }
 
