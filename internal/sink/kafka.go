@@ -113,9 +113,10 @@ func (s *Kafka) SendAsync(t Target, e ce.Event, done func(error)) {
 		done(err)
 		return
 	}
+	id, topic := e.ID(), t.Subject // not e itself, which would move to the heap
 	s.p.produceAsync(context.Background(), r, func(err error) {
 		if err != nil {
-			err = fmt.Errorf("publish %s to %q: %w", e.ID(), t.Subject, err)
+			err = fmt.Errorf("publish %s to %q: %w", id, topic, err)
 		}
 		done(err)
 		s.inflight.done()
