@@ -1,6 +1,7 @@
 // Package event turns a reconcile request into a CloudEvent. It is pure: no
 // I/O, no clock, no randomness, so the same request always gives the same
-// event, and a retried request carries the same id.
+// event, and a retried request carries the same id. (Its cache of recent
+// watchers' attributes changes how fast New is, never what it returns.)
 //
 // docs/events.md describes every attribute and data field, and
 // docs/events.schema.json is the JSON Schema of the data; the tests keep both
