@@ -1,11 +1,9 @@
 package watch
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"log/slog"
-	"strings"
 	"testing"
 	"time"
 )
@@ -83,31 +81,16 @@ func TestAsyncShutdownLogsInFlight(t *testing.T) {
 	createCM(t, ns, "cm", nil)
 	rec := newAsyncRecorder()
 	logs := &syncBuffer{}
-	e, err := New(integration(t).Config, rec, Options{Workers: 1, ShutdownGrace: 300 * time.Millisecond,
+	e := runEngine(t, integration(t).Config, rec, Options{Workers: 1, ShutdownGrace: 300 * time.Millisecond,
 		Logger: slog.New(slog.NewTextHandler(logs, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	stopped := make(chan error, 1)
-	go func() { stopped <- e.Start(ctx) }()
-	<-e.Started()
 	w := watcher("unacked")
 	if err := e.AddWatcher(ctxT(t), w, cmRef(ns, "cm")); err != nil {
 		t.Fatal(err)
 	}
 	b := rec.next(t)
-	cancel()
-	select {
-	case err := <-stopped:
-		if err != nil {
-			t.Fatal(err)
-		}
-	case <-time.After(wait):
-		t.Fatalf("Start did not return within %s of the shutdown grace", wait)
+	if err := e.stop(t); err != nil {
+		t.Fatal(err)
 	}
-	if out := logs.String(); !strings.Contains(out, "not delivered") || !strings.Contains(out, w.Key()) {
-		t.Fatalf("the request in flight was not logged as not delivered:\n%s", out)
-	}
+	loggedNotDelivered(t, logs, w.Key())
 	b.done(Result{}, errors.New("connection closed")) // late: must not panic or block
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -114,12 +115,20 @@ func (a *asyncRecorder) Begin(_ context.Context, req Request, done func(Result, 
 // next returns the next request begun, failing the test after wait.
 func (a *asyncRecorder) next(t *testing.T) begunRequest {
 	t.Helper()
+	return receive(t, a.begun, "no request begun")
+}
+
+// receive returns the next value from ch, failing the test with "<what>
+// within <wait>" if none comes within wait.
+func receive[T any](t *testing.T, ch <-chan T, what string) T {
+	t.Helper()
 	select {
-	case b := <-a.begun:
-		return b
+	case v := <-ch:
+		return v
 	case <-time.After(wait):
-		t.Fatalf("no request begun within %s", wait)
-		return begunRequest{}
+		t.Fatalf("%s within %s", what, wait)
+		var zero T
+		return zero
 	}
 }
 
@@ -163,6 +172,28 @@ func (r *recorder) waitFor(t *testing.T, w cache.Ref, n int) []Request {
 // startEngine runs an engine until the test ends.
 func startEngine(t *testing.T, cfg *rest.Config, rec Reconciler, opts Options) *Engine {
 	t.Helper()
+	r := runEngine(t, cfg, rec, opts)
+	t.Cleanup(func() {
+		if err := r.stop(t); err != nil {
+			t.Errorf("Start: %v", err)
+		}
+	})
+	return r.Engine
+}
+
+// runningEngine is an engine whose Start runs in a goroutine (runEngine).
+type runningEngine struct {
+	*Engine
+	// cancel cancels Start's context; done then yields what Start returned.
+	cancel context.CancelFunc
+	done   chan error
+}
+
+// runEngine starts an engine (logging to testLogger unless opts has a
+// Logger) and returns once it has started; the test stops it (stop, or
+// cancel and done).
+func runEngine(t *testing.T, cfg *rest.Config, rec Reconciler, opts Options) *runningEngine {
+	t.Helper()
 	if opts.Logger == nil {
 		opts.Logger = testLogger()
 	}
@@ -171,21 +202,27 @@ func startEngine(t *testing.T, cfg *rest.Config, rec Reconciler, opts Options) *
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- e.Start(ctx) }()
+	r := &runningEngine{Engine: e, cancel: cancel, done: make(chan error, 1)}
+	go func() { r.done <- e.Start(ctx) }()
 	<-e.Started()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("Start: %v", err)
-			}
-		case <-time.After(wait):
-			t.Errorf("Start did not return within %s of cancel", wait)
-		}
-	})
-	return e
+	return r
+}
+
+// stop cancels Start's context and returns what Start returned; the test
+// fails if Start does not return within wait.
+func (r *runningEngine) stop(t *testing.T) error {
+	t.Helper()
+	r.cancel()
+	return receive(t, r.done, "Start did not return after cancel")
+}
+
+// loggedNotDelivered fails the test unless logs say that key's request
+// was not delivered.
+func loggedNotDelivered(t *testing.T, logs *syncBuffer, key string) {
+	t.Helper()
+	if out := logs.String(); !strings.Contains(out, "not delivered") || !strings.Contains(out, key) {
+		t.Fatalf("the request of %s was not logged as not delivered:\n%s", key, out)
+	}
 }
 
 func kube(t *testing.T) kubernetes.Interface {

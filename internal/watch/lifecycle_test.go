@@ -262,14 +262,7 @@ func TestSharingAndRemoval(t *testing.T) {
 func TestShutdownTearsDown(t *testing.T) {
 	ns := namespace(t)
 	createCM(t, ns, "cm", nil)
-	e, err := New(integration(t).Config, newRecorder(), Options{Logger: testLogger()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error)
-	go func() { done <- e.Start(ctx) }()
-	<-e.Started()
+	e := runEngine(t, integration(t).Config, newRecorder(), Options{})
 	if err := e.AddWatcher(ctxT(t), watcher("a"), cmRef(ns, "cm")); err != nil {
 		t.Fatal(err)
 	}
@@ -283,14 +276,8 @@ func TestShutdownTearsDown(t *testing.T) {
 	if st := e.Stats(); st.Streams == 0 {
 		t.Fatal("no stream before shutdown")
 	}
-	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatal(err)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("Start did not return within 5s")
+	if err := e.stop(t); err != nil {
+		t.Fatal(err)
 	}
 	if st := e.Stats(); st.Streams != 0 || st.Watched != 0 || st.Watchers != 0 {
 		t.Fatalf("stats after shutdown = %+v, want nothing", st)

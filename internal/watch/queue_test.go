@@ -1,12 +1,10 @@
 package watch
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
-	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -276,15 +274,8 @@ func TestShutdownFinishesInFlightAndLogsTheRest(t *testing.T) {
 		return Result{}, nil
 	}
 	logs := &syncBuffer{}
-	e, err := New(integration(t).Config, rec, Options{Workers: 1, ShutdownGrace: 10 * time.Second,
+	e := runEngine(t, integration(t).Config, rec, Options{Workers: 1, ShutdownGrace: 10 * time.Second,
 		Logger: slog.New(slog.NewTextHandler(logs, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- e.Start(ctx) }()
-	<-e.Started()
 	if err := e.AddWatcher(ctxT(t), watcher("slow"), cmRef(ns, "slow")); err != nil {
 		t.Fatal(err)
 	}
@@ -292,15 +283,15 @@ func TestShutdownFinishesInFlightAndLogsTheRest(t *testing.T) {
 	if err := e.AddWatcher(ctxT(t), watcher("queued"), cmRef(ns, "queued")); err != nil {
 		t.Fatal(err)
 	}
-	cancel()
+	e.cancel()
 	time.Sleep(200 * time.Millisecond) // Start is now waiting for the reconcile in flight
 	select {
-	case <-done:
+	case <-e.done:
 		t.Fatal("Start returned while a reconcile was in flight")
 	default:
 	}
 	close(release)
-	if err := <-done; err != nil {
+	if err := e.stop(t); err != nil {
 		t.Fatal(err)
 	}
 	if !finished.Load() {
@@ -309,7 +300,5 @@ func TestShutdownFinishesInFlightAndLogsTheRest(t *testing.T) {
 	if n := len(rec.requests(watcher("queued"))); n != 0 {
 		t.Fatalf("a queued request was started after shutdown (%d)", n)
 	}
-	if out := logs.String(); !strings.Contains(out, "not delivered") || !strings.Contains(out, watcher("queued").Key()) {
-		t.Fatalf("undelivered requests not logged with their watchers:\n%s", out)
-	}
+	loggedNotDelivered(t, logs, watcher("queued").Key())
 }
