@@ -33,18 +33,8 @@ func encodeKafka(topic string, mode Mode, e *ce.Event) (kafka.Message, error) {
 		return kafka.Message{}, err
 	}
 	m := kafka.Message{Topic: topic, Key: r.key, Value: r.value}
-	if mode == Structured {
-		m.Headers, _ = r.appendHeaders(make([]kafka.Header, 0, 1), nil)
-		return m, nil
-	}
 	// Exactly sized: a record kept for long should not hold more.
-	var stack [maxAttributes]attribute
-	attrs, _ := attributes(e, stack[:0]) // newKafkaRecord checked that this works
-	n := 0
-	for i := range attrs {
-		n += attrs[i].maxLen()
-	}
-	m.Headers, _ = r.appendHeaders(make([]kafka.Header, 0, len(attrs)), make([]byte, 0, n))
+	m.Headers, _ = r.appendHeaders(make([]kafka.Header, 0, r.headers), make([]byte, 0, r.headerBytes))
 	return m, nil
 }
 
@@ -58,7 +48,10 @@ type kafkaRecord struct {
 	event ce.Event
 	key   []byte // the partitionkey; nil when the event has none
 	value []byte // the data (binary mode) or the event in JSON (structured)
-	size  int    // about the bytes it takes in a record batch, at least those of its key, value and header values
+	// size is about the bytes the record takes in a record batch; its
+	// headers are that many, their values at most headerBytes (none
+	// in structured mode, whose one header's value is a constant).
+	size, headers, headerBytes int
 }
 
 // newKafkaRecord checks that e can be written in mode and returns its
@@ -81,6 +74,7 @@ func newKafkaRecord(topic string, mode Mode, e *ce.Event) (kafkaRecord, error) {
 			return fail(err)
 		}
 		r.size = 32 + len(r.key) + len(r.value) + 8 + len(kafkaContentType) + len(kafkaStructuredCT)
+		r.headers = 1
 		return r, nil
 	}
 	var stack [maxAttributes]attribute
@@ -91,16 +85,18 @@ func newKafkaRecord(topic string, mode Mode, e *ce.Event) (kafkaRecord, error) {
 	if len(e.DataEncoded) > 0 {
 		r.value = e.DataEncoded
 	}
-	r.size = 32 + len(r.key) + len(r.value)
+	r.headers = len(attrs)
 	for i := range attrs {
-		r.size += 8 + len(kafkaHeaderName(attrs[i].name)) + attrs[i].maxLen()
+		r.size += 8 + len(kafkaHeaderName(attrs[i].name))
+		r.headerBytes += attrs[i].maxLen()
 	}
+	r.size += 32 + len(r.key) + len(r.value) + r.headerBytes
 	return r, nil
 }
 
 // appendHeaders appends r's headers to hs and their values to buf, which
-// the headers then refer to, and returns both. In binary mode the values
-// take less than r.size bytes of buf.
+// the headers then refer to, and returns both: r.headers headers, values
+// of at most r.headerBytes bytes.
 func (r *kafkaRecord) appendHeaders(hs []kafka.Header, buf []byte) ([]kafka.Header, []byte) {
 	if r.mode == Structured {
 		return append(hs, kafka.Header{Key: kafkaContentType, Value: kafkaStructuredCT}), buf

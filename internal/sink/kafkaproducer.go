@@ -460,8 +460,8 @@ func (b *batchRecords) ReadRecord() (*kafka.Record, error) {
 	}
 	r := &b.batch[b.i].record
 	b.i++
-	if cap(b.buf) < r.size {
-		b.buf = make([]byte, 0, r.size)
+	if cap(b.buf) < r.headerBytes {
+		b.buf = make([]byte, 0, r.headerBytes)
 	}
 	b.headers, b.buf = r.appendHeaders(b.headers[:0], b.buf[:0])
 	b.record = kafka.Record{Headers: b.headers}
