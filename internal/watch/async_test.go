@@ -88,7 +88,7 @@ func TestAsyncShutdownLogsInFlight(t *testing.T) {
 		t.Fatal(err)
 	}
 	b := rec.next(t)
-	if err := e.stop(t); err != nil {
+	if err := e.stop(t, wait); err != nil {
 		t.Fatal(err)
 	}
 	loggedNotDelivered(t, logs, w.Key())

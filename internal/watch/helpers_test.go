@@ -115,18 +115,18 @@ func (a *asyncRecorder) Begin(_ context.Context, req Request, done func(Result, 
 // next returns the next request begun, failing the test after wait.
 func (a *asyncRecorder) next(t *testing.T) begunRequest {
 	t.Helper()
-	return receive(t, a.begun, "no request begun")
+	return receive(t, a.begun, wait, "no request begun")
 }
 
 // receive returns the next value from ch, failing the test with "<what>
-// within <wait>" if none comes within wait.
-func receive[T any](t *testing.T, ch <-chan T, what string) T {
+// within <within>" if none comes within that time.
+func receive[T any](t *testing.T, ch <-chan T, within time.Duration, what string) T {
 	t.Helper()
 	select {
 	case v := <-ch:
 		return v
-	case <-time.After(wait):
-		t.Fatalf("%s within %s", what, wait)
+	case <-time.After(within):
+		t.Fatalf("%s within %s", what, within)
 		var zero T
 		return zero
 	}
@@ -174,7 +174,7 @@ func startEngine(t *testing.T, cfg *rest.Config, rec Reconciler, opts Options) *
 	t.Helper()
 	r := runEngine(t, cfg, rec, opts)
 	t.Cleanup(func() {
-		if err := r.stop(t); err != nil {
+		if err := r.stop(t, wait); err != nil {
 			t.Errorf("Start: %v", err)
 		}
 	})
@@ -209,11 +209,11 @@ func runEngine(t *testing.T, cfg *rest.Config, rec Reconciler, opts Options) *ru
 }
 
 // stop cancels Start's context and returns what Start returned; the test
-// fails if Start does not return within wait.
-func (r *runningEngine) stop(t *testing.T) error {
+// fails if Start does not return within that time.
+func (r *runningEngine) stop(t *testing.T, within time.Duration) error {
 	t.Helper()
 	r.cancel()
-	return receive(t, r.done, "Start did not return after cancel")
+	return receive(t, r.done, within, "Start did not return after cancel")
 }
 
 // loggedNotDelivered fails the test unless logs say that key's request

@@ -276,7 +276,7 @@ func TestShutdownTearsDown(t *testing.T) {
 	if st := e.Stats(); st.Streams == 0 {
 		t.Fatal("no stream before shutdown")
 	}
-	if err := e.stop(t); err != nil {
+	if err := e.stop(t, 5*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	if st := e.Stats(); st.Streams != 0 || st.Watched != 0 || st.Watchers != 0 {

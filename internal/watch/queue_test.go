@@ -291,7 +291,7 @@ func TestShutdownFinishesInFlightAndLogsTheRest(t *testing.T) {
 	default:
 	}
 	close(release)
-	if err := e.stop(t); err != nil {
+	if err := e.stop(t, wait); err != nil {
 		t.Fatal(err)
 	}
 	if !finished.Load() {
