@@ -204,8 +204,12 @@ type phases struct {
 //     leaves out what the broker spends on the bridge's headers): each the
 //     median over the rounds of the round's ratio, so that a stall of the
 //     shared machine during one phase does not set the result;
-//   - the process's CPU time per event in the bridge and raw phases,
-//     brokers included (cpu-us/event, raw-cpu-us/event);
+//   - the process's CPU time per event in each phase, brokers included
+//     (cpu-us/event, raw-cpu-us/event, same-cpu-us/event,
+//     prebuilt-cpu-us/event): same minus raw is what the bridge's headers
+//     cost the client and the broker, prebuilt minus same what the sink
+//     adds to the raw client (writing the headers included), bridge minus
+//     prebuilt what building the events costs;
 //   - the bridge's bound on events in flight.
 func rates(b *testing.B, p phases) {
 	// run empties the broker, prepares round r of phase, collects the
@@ -227,18 +231,18 @@ func rates(b *testing.B, p phases) {
 	run(p.raw, 0)
 	run(p.same, 0)
 	var (
-		tb, tp, tr, ts, cb, cr time.Duration
-		ratios, sameRatios     []float64
+		tb, tp, tr, ts, cb, cp, cr, cs time.Duration
+		ratios, sameRatios             []float64
 	)
 	for i := 0; i < b.N; i++ {
 		for j := range benchRounds {
 			r := 1 + i*benchRounds + j
 			bridge, bridgeCPU := run(p.bridge, r)
-			prebuilt, _ := run(p.prebuilt, r)
+			prebuilt, prebuiltCPU := run(p.prebuilt, r)
 			raw, rawCPU := run(p.raw, r)
-			same, _ := run(p.same, r)
+			same, sameCPU := run(p.same, r)
 			tb, tp, tr, ts = tb+bridge, tp+prebuilt, tr+raw, ts+same
-			cb, cr = cb+bridgeCPU, cr+rawCPU
+			cb, cp, cr, cs = cb+bridgeCPU, cp+prebuiltCPU, cr+rawCPU, cs+sameCPU
 			ratios = append(ratios, raw.Seconds()/bridge.Seconds())
 			sameRatios = append(sameRatios, same.Seconds()/bridge.Seconds())
 		}
@@ -252,6 +256,8 @@ func rates(b *testing.B, p phases) {
 	b.ReportMetric(n/tp.Seconds(), "prebuilt/s")
 	b.ReportMetric(float64(cb.Nanoseconds())/n/1e3, "cpu-us/event")
 	b.ReportMetric(float64(cr.Nanoseconds())/n/1e3, "raw-cpu-us/event")
+	b.ReportMetric(float64(cs.Nanoseconds())/n/1e3, "same-cpu-us/event")
+	b.ReportMetric(float64(cp.Nanoseconds())/n/1e3, "prebuilt-cpu-us/event")
 	b.ReportMetric(benchInFlight, "in-flight")
 	b.ReportMetric(0, "ns/op") // the rates above are the result
 }
