@@ -33,12 +33,14 @@ type attribute struct {
 // text is a's value in canonical string form.
 func (a *attribute) text() string {
 	if a.time != nil {
-		return types.FormatTime(*a.time)
+		var buf [len(maxTimeText) + 16]byte // a time past year 9999 still fits
+		return string(a.appendText(buf[:0]))
 	}
 	return a.value
 }
 
-// appendText appends text() to b.
+// appendText appends text() to b. A time's canonical form is sdk-go's
+// (types.FormatTime): RFC 3339 with nanoseconds, in UTC.
 func (a *attribute) appendText(b []byte) []byte {
 	if a.time != nil {
 		return a.time.UTC().AppendFormat(b, time.RFC3339Nano)
@@ -46,10 +48,13 @@ func (a *attribute) appendText(b []byte) []byte {
 	return append(b, a.value...)
 }
 
+// maxTimeText is the longest canonical time of the years 0 to 9999.
+const maxTimeText = "2006-01-02T15:04:05.999999999Z"
+
 // maxLen is at least len(text()) (for a time in years 0 to 9999).
 func (a *attribute) maxLen() int {
 	if a.time != nil {
-		return len("2006-01-02T15:04:05.999999999Z")
+		return len(maxTimeText)
 	}
 	return len(a.value)
 }
