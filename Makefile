@@ -70,11 +70,7 @@ fmt:
 
 FUZZTIME ?= 30s
 fuzz:
-	@for t in $$(grep -rl --include='*_test.go' '^func Fuzz' . | xargs -n1 dirname | sort -u); do \
-	  for f in $$(grep -h '^func Fuzz' $$t/*_test.go | sed 's/func \(Fuzz[A-Za-z0-9_]*\).*/\1/'); do \
-	    echo "== $$t $$f"; $(GO) test -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME) $$t || exit 1; \
-	  done; \
-	done
+	@GO=$(GO) hack/fuzz.sh $(FUZZTIME)
 
 demo: build k8s-binaries
 	@hack/demo.sh "$(KUBEBUILDER_ASSETS)"
