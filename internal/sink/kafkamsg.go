@@ -87,7 +87,9 @@ func newKafkaRecord(topic string, mode Mode, e *ce.Event) (kafkaRecord, error) {
 	}
 	r.headers = len(attrs)
 	for i := range attrs {
-		r.size += 8 + len(kafkaHeaderName(attrs[i].name))
+		// "ce_" and the name: the key of every header but content-type's,
+		// which is shorter than "ce_datacontenttype".
+		r.size += 8 + len(kafkaHeaderPrefix) + len(attrs[i].name)
 		r.headerBytes += attrs[i].maxLen()
 	}
 	r.size += 32 + len(r.key) + len(r.value) + r.headerBytes

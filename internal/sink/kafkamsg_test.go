@@ -1,9 +1,11 @@
 package sink
 
 import (
+	"encoding/binary"
 	"encoding/json"
 	"strings"
 	"testing"
+	"time"
 
 	ce "github.com/cloudevents/sdk-go/v2/event"
 	"github.com/segmentio/kafka-go"
@@ -131,4 +133,48 @@ func decodeKafka(t *testing.T, m kafka.Message) ce.Event {
 		t.Fatal(err)
 	}
 	return e
+}
+
+// TestKafkaRecordSize: a record's size, by which the producer keeps a
+// produce request under the brokers' message.max.bytes, is at least what
+// the record takes in a version 2 record batch, and not far more (batches
+// would be smaller than they need to be); its headers and header bytes
+// are what appendHeaders writes.
+func TestKafkaRecordSize(t *testing.T) {
+	big := trickyEvent(t)
+	big.DataEncoded = []byte(`"` + strings.Repeat("x", 100000) + `"`)
+	bare := ce.New()
+	bare.SetID("1")
+	bare.SetSource("s")
+	bare.SetType("t")
+	for name, e := range map[string]ce.Event{"tricky": trickyEvent(t), "big": big, "bare": bare} {
+		for _, mode := range []Mode{Binary, Structured} {
+			r, err := newKafkaRecord("topic", mode, &e)
+			if err != nil {
+				t.Fatal(err)
+			}
+			hs, buf := r.appendHeaders(nil, nil)
+			if len(hs) != r.headers || len(buf) > r.headerBytes {
+				t.Errorf("%s %s: %d headers of %d value bytes, record says %d and at most %d", name, mode, len(hs), len(buf), r.headers, r.headerBytes)
+			}
+			// The record as a record batch (v2) holds it, with the largest
+			// timestamp and offset deltas of a batch of a few seconds and
+			// kafkaMaxBatchRecords records.
+			body := 1 + varintLen(int64(10*time.Second/time.Millisecond)) + varintLen(kafkaMaxBatchRecords) +
+				varintLen(int64(len(r.key))) + len(r.key) + varintLen(int64(len(r.value))) + len(r.value) + varintLen(int64(len(hs)))
+			for _, h := range hs {
+				body += varintLen(int64(len(h.Key))) + len(h.Key) + varintLen(int64(len(h.Value))) + len(h.Value)
+			}
+			wire := varintLen(int64(body)) + body
+			if r.size < wire || r.size > wire+64+8*len(hs) {
+				t.Errorf("%s %s: size %d for a record of %d bytes in a batch", name, mode, r.size, wire)
+			}
+		}
+	}
+}
+
+// varintLen is the length of v as a zig-zag varint, as record batches
+// write lengths and deltas.
+func varintLen(v int64) int {
+	return len(binary.AppendVarint(nil, v))
 }
