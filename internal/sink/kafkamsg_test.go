@@ -1,7 +1,6 @@
 package sink
 
 import (
-	"encoding/binary"
 	"encoding/json"
 	"strings"
 	"testing"
@@ -9,6 +8,7 @@ import (
 
 	ce "github.com/cloudevents/sdk-go/v2/event"
 	"github.com/segmentio/kafka-go"
+	"github.com/twmb/franz-go/pkg/kmsg"
 )
 
 func TestEncodeKafkaBinary(t *testing.T) {
@@ -157,24 +157,21 @@ func TestKafkaRecordSize(t *testing.T) {
 			if len(hs) != r.headers || len(buf) > r.headerBytes {
 				t.Errorf("%s %s: %d headers of %d value bytes, record says %d and at most %d", name, mode, len(hs), len(buf), r.headers, r.headerBytes)
 			}
-			// The record as a record batch (v2) holds it, with the largest
-			// timestamp and offset deltas of a batch of a few seconds and
-			// kafkaMaxBatchRecords records.
-			body := 1 + varintLen(int64(10*time.Second/time.Millisecond)) + varintLen(kafkaMaxBatchRecords) +
-				varintLen(int64(len(r.key))) + len(r.key) + varintLen(int64(len(r.value))) + len(r.value) + varintLen(int64(len(hs)))
-			for _, h := range hs {
-				body += varintLen(int64(len(h.Key))) + len(h.Key) + varintLen(int64(len(h.Value))) + len(h.Value)
+			// The record as a record batch (v2) holds it, encoded by
+			// franz-go, with the largest timestamp and offset deltas of a
+			// batch of a few seconds and kafkaMaxBatchRecords records.
+			rec := kmsg.Record{
+				TimestampDelta64: int64(10 * time.Second / time.Millisecond), OffsetDelta: kafkaMaxBatchRecords,
+				Key: r.key, Value: r.value,
 			}
-			wire := varintLen(int64(body)) + body
+			for _, h := range hs {
+				rec.Headers = append(rec.Headers, kmsg.Header{Key: h.Key, Value: h.Value})
+			}
+			rec.Length = int32(len(rec.AppendTo(nil)) - 1) // less the Length of 0 it starts with
+			wire := len(rec.AppendTo(nil))
 			if r.size < wire || r.size > wire+64+8*len(hs) {
 				t.Errorf("%s %s: size %d for a record of %d bytes in a batch", name, mode, r.size, wire)
 			}
 		}
 	}
-}
-
-// varintLen is the length of v as a zig-zag varint, as record batches
-// write lengths and deltas.
-func varintLen(v int64) int {
-	return len(binary.AppendVarint(nil, v))
 }
