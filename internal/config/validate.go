@@ -39,13 +39,14 @@ import (
 //     least one host:port broker, a SASL mechanism of PLAIN, SCRAM-SHA-256
 //     or SCRAM-SHA-512 with a username and password; http has an http(s)
 //     url and valid header names that the CloudEvents binding does not set
-//     itself; tls has certFile and keyFile both or neither; durations are
-//     not negative.
+//     itself; tls has certFile and keyFile both or neither; durations
+//     (jetstream ackTimeout, kafka batchTimeout and writeTimeout, http
+//     timeout) are not negative.
 //   - Routes: names are non-empty and unique; the sink exists; mode is
 //     binary or structured; subject is a text/template that uses only
-//     .Group, .Version, .Kind, .Namespace and .Name (no range, define or
-//     template calls), and renders
-//     a non-empty subject; includeSecretData needs includeObjects.
+//     .Group, .Version, .Kind, .Namespace, .Name and .Selector (no range,
+//     define or template calls), and renders a non-empty subject;
+//     includeSecretData needs includeObjects.
 //   - Subscriptions: the watcher and every watched Ref are valid (version
 //     and kind set, exactly one of name and selector, a selector that
 //     parses), with a sane group, version, kind and namespace; at least one
@@ -241,6 +242,11 @@ func (v *validator) sink(p string, i int, s *Sink) {
 		}) {
 			v.errorf(p+".jetstream.stream", `a stream name cannot contain whitespace, ".", "*", ">", "/" or "\"`)
 		}
+		// A non-positive timeout disables the PubAck timer, so a lost ack
+		// would keep a watcher's request in flight forever.
+		if js.AckTimeout.Duration < 0 {
+			v.errorf(p+".jetstream.ackTimeout", "must not be negative")
+		}
 	}
 	if s.Kafka != nil {
 		v.kafka(p+".kafka", s.Kafka)
@@ -309,6 +315,9 @@ func (v *validator) kafka(p string, k *Kafka) {
 	}
 	if k.BatchTimeout.Duration < 0 {
 		v.errorf(p+".batchTimeout", "must not be negative")
+	}
+	if k.WriteTimeout.Duration < 0 {
+		v.errorf(p+".writeTimeout", "must not be negative")
 	}
 	v.tls(p+".tls", k.TLS)
 }
@@ -637,7 +646,7 @@ func checkURL(s string, schemes ...string) error {
 }
 
 // subjectFields are the fields a route's subject template may use.
-type subjectFields struct{ Group, Version, Kind, Namespace, Name string }
+type subjectFields struct{ Group, Version, Kind, Namespace, Name, Selector string }
 
 // maxSubjectBytes bounds a rendered subject; Kafka topics have at most 249.
 const maxSubjectBytes = 4096
@@ -657,7 +666,9 @@ func checkSubject(s string) error {
 		return err
 	}
 	w := &limitedWriter{n: maxSubjectBytes}
-	err = t.Execute(w, subjectFields{Group: "apps", Version: "v1", Kind: "Deployment", Namespace: "ns", Name: "name"})
+	// The sample watcher has a name, so its selector is empty, which the
+	// sink escapes to "_" (see sink.EscapeToken).
+	err = t.Execute(w, subjectFields{Group: "apps", Version: "v1", Kind: "Deployment", Namespace: "ns", Name: "name", Selector: "_"})
 	switch {
 	case err != nil && w.n < 0:
 		return fmt.Errorf("renders a subject longer than %d bytes", maxSubjectBytes)
@@ -736,9 +747,9 @@ func checkBranch(b *parse.BranchNode) error {
 
 func checkTemplateFields(ident []string) error {
 	switch ident[0] {
-	case "Group", "Version", "Kind", "Namespace", "Name":
+	case "Group", "Version", "Kind", "Namespace", "Name", "Selector":
 	default:
-		return fmt.Errorf("invalid template: unknown field .%s; the fields are .Group, .Version, .Kind, .Namespace and .Name", ident[0])
+		return fmt.Errorf("invalid template: unknown field .%s; the fields are .Group, .Version, .Kind, .Namespace, .Name and .Selector", ident[0])
 	}
 	if len(ident) > 1 {
 		return fmt.Errorf("invalid template: .%s is a string and has no field .%s", ident[0], ident[1])

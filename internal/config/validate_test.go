@@ -68,6 +68,16 @@ control:
       - {kinds: [Secret]}
     allowSecrets: true
 `,
+		"subject with the selector": `
+sinks: [{name: n, nats: {url: "nats://a:4222"}}, {name: k, kafka: {brokers: ["a:9092"]}}]
+routes:
+  - {name: default, sink: n, subject: "a.{{.Kind}}.{{.Selector}}"}
+  - {name: k, sink: k, subject: "topic-{{if .Selector}}{{.Selector}}{{else}}{{.Name}}{{end}}"}
+  - {name: s, sink: n, subject: "{{.Selector}}"}
+subscriptions:
+  - watcher: {version: v1, kind: ConfigMap, namespace: ns, selector: "app=web,tier in (a,b)"}
+    watched: [{version: v1, kind: Secret, name: s}]
+`,
 		"cluster-wide and selector watchers": `
 subscriptions:
   - watcher: {version: v1, kind: Namespace, name: prod}
@@ -199,6 +209,25 @@ checkpoint:
 			`t.yaml:12:7: sinks[2].kafka.sasl.mechanism: is required: one of PLAIN, SCRAM-SHA-256, SCRAM-SHA-512`,
 		},
 	},
+	"negative durations": {
+		yaml: `sinks:
+  - {name: j, jetstream: {url: "nats://a:4222", ackTimeout: -1s}}
+  - {name: k, kafka: {brokers: ["a:9092"], writeTimeout: -5s, batchTimeout: -1ms}}
+  - {name: h, http: {url: "http://a", timeout: -1s}}
+routes: [{name: default, sink: j}]
+subscriptions:
+  - {watcher: {version: v1, kind: A, name: a}, watched: [{version: v1, kind: B, name: b}], debounce: -1s}
+checkpoint: {jetstream: {sink: j}, interval: -1m}
+`,
+		want: []string{
+			`t.yaml:2:61: sinks[0].jetstream.ackTimeout: must not be negative`,
+			`t.yaml:3:58: sinks[1].kafka.writeTimeout: must not be negative`,
+			`t.yaml:3:77: sinks[1].kafka.batchTimeout: must not be negative`,
+			`t.yaml:4:48: sinks[2].http.timeout: must not be negative`,
+			`t.yaml:7:102: subscriptions[0].debounce: must not be negative`,
+			`t.yaml:8:46: checkpoint.interval: must not be negative`,
+		},
+	},
 	"http": {
 		yaml: `sinks:
   - name: a
@@ -264,12 +293,12 @@ routes:
 `,
 		want: []string{
 			`t.yaml:2:39: routes[0].subject: invalid template: subject:1: unclosed action`,
-			`t.yaml:3:39: routes[1].subject: invalid template: unknown field .Labels; the fields are .Group, .Version, .Kind, .Namespace and .Name`,
+			`t.yaml:3:39: routes[1].subject: invalid template: unknown field .Labels; the fields are .Group, .Version, .Kind, .Namespace, .Name and .Selector`,
 			`t.yaml:4:39: routes[2].subject: invalid template: .Kind is a string and has no field .Foo`,
 			`t.yaml:5:39: routes[3].subject: invalid template: range is not supported in a subject`,
 			`t.yaml:6:39: routes[4].subject: invalid template: subject:1:16: executing "subject" at <.Name>: can't evaluate field Name in type string`,
 			`t.yaml:7:39: routes[5].subject: renders an empty subject`,
-			`t.yaml:8:39: routes[6].subject: invalid template: unknown field .Spec; the fields are .Group, .Version, .Kind, .Namespace and .Name`,
+			`t.yaml:8:39: routes[6].subject: invalid template: unknown field .Spec; the fields are .Group, .Version, .Kind, .Namespace, .Name and .Selector`,
 			`t.yaml:9:39: routes[7].subject: invalid template: define and block are not supported in a subject`,
 			`t.yaml:10:39: routes[8].subject: invalid template: field chains ((.Kind).Foo) are not supported`,
 			`t.yaml:11:39: routes[9].subject: invalid template: template calls are not supported in a subject`,
