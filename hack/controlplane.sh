@@ -9,7 +9,8 @@
 #
 # start writes WORKDIR/kubeconfig (admin, group system:masters, client cert),
 # WORKDIR/{etcd,kube-apiserver}.{pid,log}, WORKDIR/certs, WORKDIR/etcd-data,
-# and returns once /readyz answers 200. Needs: openssl, curl, awk.
+# and returns once /readyz answers 200. Needs: openssl, curl, awk (checked
+# first by hack/prereqs.sh, which names the Debian packages).
 set -euo pipefail
 
 stop() {
@@ -30,6 +31,8 @@ case "${1:-}" in
   *) echo "usage: $0 start BINDIR WORKDIR | stop WORKDIR" >&2; exit 2 ;;
 esac
 
+"$(dirname "$0")/prereqs.sh" controlplane
+
 BIN=$(readlink -f "${2:?BINDIR}")
 W=$(readlink -f "${3:?WORKDIR}")
 ETCD=${ETCD:-$BIN/etcd}
@@ -48,7 +51,15 @@ EP=$(freeport); EPP=$(freeport); AP=$(freeport)
 
 # CA; serving cert for localhost/127.0.0.1; admin client cert (O=system:masters
 # is what RBAC lets do everything); service-account signing key pair.
-q() { "$@" 2>/dev/null; }
+# q runs a command quietly, but shows what it said when it fails.
+q() {
+  local out
+  if ! out=$("$@" 2>&1); then
+    echo "controlplane: '$*' failed:" >&2
+    [ -z "$out" ] || echo "$out" >&2
+    exit 1
+  fi
+}
 q openssl req -x509 -newkey rsa:2048 -nodes -days 7 -subj /CN=demo-ca -keyout "$C/ca.key" -out "$C/ca.crt"
 q openssl req -newkey rsa:2048 -nodes -subj /CN=kube-apiserver -keyout "$C/apiserver.key" -out "$C/apiserver.csr"
 printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' > "$C/srv.ext"

@@ -5,6 +5,9 @@
 # changed and deleted. Ctrl-C stops everything it started.
 #
 #   hack/demo.sh BINDIR    (BINDIR holds kube-apiserver, etcd and kubectl; see hack/k8s-binaries.sh)
+#
+# A BINDIR of your own (KUBEBUILDER_ASSETS) without kubectl: the kubectl on
+# PATH is used.
 set -euo pipefail
 
 BIN=$(readlink -f "${1:?usage: $0 BINDIR}")
@@ -12,8 +15,16 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 WORK=$ROOT/.demo
 BRIDGE=$ROOT/bin/bridge
 KUBECTL=$BIN/kubectl
+if [ ! -x "$KUBECTL" ] && command -v kubectl >/dev/null 2>&1; then
+  KUBECTL=$(command -v kubectl)
+fi
 for b in "$BRIDGE" "$KUBECTL" "$BIN/kube-apiserver" "$BIN/etcd"; do
-  [ -x "$b" ] || { echo "demo: $b is missing; run 'make demo' (it builds everything it needs)" >&2; exit 1; }
+  [ -x "$b" ] || {
+    echo "demo: $b is missing; run 'make demo' (it builds everything it needs into its own cache;" >&2
+    echo "  with KUBEBUILDER_ASSETS set it builds nothing: that directory needs kube-apiserver and etcd," >&2
+    echo "  and kubectl there or on PATH)" >&2
+    exit 1
+  }
 done
 
 freeport() {

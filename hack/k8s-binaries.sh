@@ -4,21 +4,74 @@
 # (KUBEBUILDER_ASSETS=OUTDIR) and for a local demo control plane.
 #
 #   usage: hack/k8s-binaries.sh OUTDIR     (the Makefile passes $HOME/.cache/depbridge/k8s-<k8s>-etcd-<etcd>)
+#          hack/k8s-binaries.sh --check DIR
 #   env:   K8S_VERSION  (default v1.37.1)  k8s.io/kubernetes tag; staging modules use v0.<minor>.<patch>
 #          ETCD_VERSION (default v3.7.3)   go.etcd.io/etcd/server/v3 tag
 #          WITH_KUBECTL=1                  also build kubectl (same k8s version; for the demo)
 #
-# Idempotent: a binary already in OUTDIR whose --version matches is kept, and
-# nothing is downloaded or compiled for it. Measured on 2 cores / 24 GiB, cold
-# module and build caches: about 6 minutes and 3.9 GiB (1 GB modules, 2.9 GB build cache).
+# OUTDIR is this script's own: a binary there whose --version matches is kept,
+# and nothing is downloaded or compiled for it; one of another version is
+# replaced. So never pass a directory of binaries of your own as OUTDIR.
+# Measured on 2 cores / 24 GiB, cold module and build caches: about 6 minutes
+# and 3.9 GiB (1 GB modules, 2.9 GB build cache).
+#
+# --check DIR is for such a directory (the Makefile uses it when you set
+# KUBEBUILDER_ASSETS): it only checks that kube-apiserver and etcd exist
+# there and are executable, fails saying which is missing if not, notes
+# versions other than the pinned ones, and never builds, writes or replaces
+# anything in DIR.
+#
 # Needs only: go (>= the go line of k8s.io/kubernetes' go.mod: 1.26.0 for v1.37.x),
-# the Go module proxy, and coreutils/sed/awk/grep. No cgo (binaries are static).
+# the Go module proxy, and coreutils/sed/awk/grep/flock. No cgo (binaries are static).
 set -euo pipefail
 
-OUT=${1:?usage: $0 OUTDIR}
 K8S_VERSION=${K8S_VERSION:-v1.37.1}
 ETCD_VERSION=${ETCD_VERSION:-v3.7.3}
 STAGING_VERSION=v0.${K8S_VERSION#v1.}          # v1.37.1 -> v0.37.1
+
+# check DIR: binaries of the user's; look, never touch.
+check() {
+  local dir=$1 b v bad=0
+  if [ ! -d "$dir" ]; then
+    echo "k8s-binaries: KUBEBUILDER_ASSETS=$dir is not a directory." >&2
+    echo "  Point it at a directory holding kube-apiserver and etcd (e.g. from setup-envtest)," >&2
+    echo "  or unset it to have make build kube-apiserver $K8S_VERSION and etcd $ETCD_VERSION into its own cache." >&2
+    return 1
+  fi
+  for b in kube-apiserver etcd; do
+    if [ ! -f "$dir/$b" ] || [ ! -x "$dir/$b" ]; then
+      echo "k8s-binaries: $dir/$b is missing or not executable (KUBEBUILDER_ASSETS=$dir)." >&2
+      bad=1
+    fi
+  done
+  if [ $bad = 1 ]; then
+    echo "  make uses the binaries in KUBEBUILDER_ASSETS as they are and builds none there. Put kube-apiserver" >&2
+    echo "  and etcd in it, or unset KUBEBUILDER_ASSETS to have make build kube-apiserver $K8S_VERSION and" >&2
+    echo "  etcd $ETCD_VERSION into its own cache (\$HOME/.cache/depbridge)." >&2
+    return 1
+  fi
+  v=$("$dir/kube-apiserver" --version 2>/dev/null || true); v=${v%%$'\n'*}
+  echo "kube-apiserver in $dir: ${v:-version unknown}"
+  [[ "$v" == *"Kubernetes $K8S_VERSION"* ]] || echo "  note: the tests are pinned to $K8S_VERSION; using yours as it is" >&2
+  v=$("$dir/etcd" --version 2>/dev/null || true); v=${v%%$'\n'*}
+  echo "etcd in $dir: ${v:-version unknown}"
+  [[ "$v" == *"${ETCD_VERSION#v}"* ]] || echo "  note: the tests are pinned to etcd $ETCD_VERSION; using yours as it is" >&2
+  if [ "${WITH_KUBECTL:-0}" = 1 ] && [ ! -x "$dir/kubectl" ]; then
+    if command -v kubectl >/dev/null 2>&1; then
+      echo "kubectl: not in $dir; the demo uses $(command -v kubectl)"
+    else
+      echo "  note: no kubectl in $dir or on PATH; make test does not need it, make demo does" >&2
+    fi
+  fi
+  echo "KUBEBUILDER_ASSETS=$dir (yours; nothing built or changed there)"
+}
+
+if [ "${1:-}" = --check ]; then
+  check "${2:?usage: $0 --check DIR}"
+  exit
+fi
+
+OUT=${1:?usage: $0 OUTDIR | --check DIR}
 
 command -v go >/dev/null || { echo "k8s-binaries: go is not on PATH; install Go >= 1.26 (https://go.dev/dl)" >&2; exit 1; }
 mkdir -p "$OUT"
@@ -41,7 +94,8 @@ k8s-binaries: could not build kube-apiserver $K8S_VERSION / etcd $ETCD_VERSION i
   The build needs the Go module proxy ($(go env GOPROXY)) and about 4 GiB of disk
   for the module and build caches. Check network access to the proxy and free space,
   then run 'make k8s-binaries' again; or point KUBEBUILDER_ASSETS at a directory that
-  already holds kube-apiserver and etcd binaries of these versions.
+  already holds kube-apiserver and etcd binaries of these versions (make then only
+  checks them, and builds nothing there).
 EOM
 }
 trap 'rc=$?; rm -rf "$WORK"; [ $rc -eq 0 ] || fail; exit $rc' EXIT
