@@ -112,8 +112,9 @@ type HTTP struct {
 	Timeout metav1.Duration   `json:"timeout,omitempty"`
 	Headers map[string]string `json:"headers,omitempty"`
 	TLS     *TLS              `json:"tls,omitempty"`
-	// MaxConnections bounds the requests in flight to the receiver; more
-	// wait for a connection. Defaults to 64.
+	// MaxConnections bounds the requests in flight to the receiver, over
+	// HTTP/1.1 and HTTP/2 alike; more wait for one to finish. Defaults to
+	// 64.
 	MaxConnections int `json:"maxConnections,omitempty"`
 }
 

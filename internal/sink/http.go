@@ -31,6 +31,15 @@ const (
 // *StatusError whose RetryAfter holds the server's Retry-After (see
 // RetryAfter); any other status gives a *StatusError with the start of the
 // response body, which is also logged.
+//
+// Redirects are not followed: a 3xx is a non-retryable *StatusError,
+// logged with its Location, because following it would turn the POST of
+// a 301, 302 or 303 into a GET whose 2xx acknowledges nothing. A receiver
+// that moved is a configuration to fix, not a condition to wait out.
+//
+// At most maxConnections Sends have a request out at once, over HTTP/1.1
+// (one request per connection) as over HTTP/2 (many on one connection);
+// the others wait, within their ctx and the sink's timeout.
 type HTTP struct {
 	client   *http.Client
 	url      string
@@ -39,6 +48,9 @@ type HTTP struct {
 	timeout  time.Duration
 	log      *slog.Logger
 	inflight inflight
+	// slots holds a token per request in flight; its capacity is
+	// maxConnections.
+	slots chan struct{}
 }
 
 // NewHTTP checks cfg and prepares a client; it sends nothing.
@@ -66,20 +78,33 @@ func NewHTTP(name string, cfg config.HTTP, log *slog.Logger) (*HTTP, error) {
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.TLSClientConfig = t
 	cfg.Default()
-	// One request per connection at a time (HTTP/1.1): this bounds the
-	// requests in flight; a Send beyond it waits for a connection.
+	if cfg.MaxConnections < 1 {
+		return nil, fmt.Errorf("http: maxConnections %d: want at least 1", cfg.MaxConnections)
+	}
+	// Send bounds the requests in flight (slots); the transport keeps
+	// as many connections, which over HTTP/2 share one.
 	tr.MaxConnsPerHost = cfg.MaxConnections
 	tr.MaxIdleConnsPerHost = cfg.MaxConnections
-	timeout := cfg.Timeout.Duration
+	client := &http.Client{
+		Transport: tr,
+		// Hand the 3xx to Send, which makes it an error.
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
 	return &HTTP{
-		client:   &http.Client{Transport: tr},
+		client:   client,
 		url:      cfg.URL,
-		endpoint: u.Scheme + "://" + u.Host + u.Path,
+		endpoint: redactedURL(u),
 		headers:  headers,
-		timeout:  timeout,
-		log:      log.With("endpoint", u.Scheme+"://"+u.Host+u.Path),
+		timeout:  cfg.Timeout.Duration,
+		log:      log.With("endpoint", redactedURL(u)),
+		slots:    make(chan struct{}, cfg.MaxConnections),
 	}, nil
 }
+
+// redactedURL is u without credentials, query or fragment, for errors and
+// logs: a token may hide in the user name or the query (Azure Functions'
+// ?code=).
+func redactedURL(u *url.URL) string { return u.Scheme + "://" + u.Host + u.Path }
 
 // Send posts e in t.Mode and waits for the response, for at most the
 // sink's timeout.
@@ -90,6 +115,12 @@ func (s *HTTP) Send(ctx context.Context, t Target, e ce.Event) error {
 	defer s.inflight.done()
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
+	select {
+	case s.slots <- struct{}{}:
+		defer func() { <-s.slots }()
+	case <-ctx.Done():
+		return fmt.Errorf("publish %s to %s: wait for a free connection: %w", e.ID(), s.endpoint, context.Cause(ctx))
+	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.url, nil)
 	if err != nil {
 		return fmt.Errorf("publish %s to %s: %w", e.ID(), s.endpoint, err)
@@ -109,6 +140,10 @@ func (s *HTTP) Send(ctx context.Context, t Target, e ce.Event) error {
 	}
 	resp, err := s.client.Do(req)
 	if err != nil {
+		// The *url.Error holds s.url, credentials and query included.
+		if uerr, ok := errors.AsType[*url.Error](err); ok {
+			uerr.URL = s.endpoint
+		}
 		return fmt.Errorf("publish %s to %s: %w", e.ID(), s.endpoint, err)
 	}
 	defer resp.Body.Close()
@@ -119,9 +154,16 @@ func (s *HTTP) Send(ctx context.Context, t Target, e ce.Event) error {
 	}
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
 	serr := &StatusError{StatusCode: resp.StatusCode, Body: string(body)}
-	if serr.Retryable() {
+	switch {
+	case serr.Retryable():
 		serr.RetryAfter = parseRetryAfter(resp.Header.Get("Retry-After"), time.Now())
-	} else {
+	case resp.StatusCode >= 300 && resp.StatusCode < 400:
+		var location string
+		if u, err := resp.Location(); err == nil {
+			location = redactedURL(u)
+		}
+		s.log.Warn("receiver redirected event; not followed: fix the sink's url", "event_id", e.ID(), "status", resp.StatusCode, "location", location)
+	default:
 		s.log.Warn("receiver rejected event", "event_id", e.ID(), "status", resp.StatusCode, "body", serr.Body)
 	}
 	return fmt.Errorf("publish %s to %s: %w", e.ID(), s.endpoint, serr)

@@ -4,14 +4,19 @@ import (
 	"context"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -436,5 +441,121 @@ func TestHTTPMaxConnections(t *testing.T) {
 	}
 	if p := peak.Load(); p > 5 || p < 2 {
 		t.Fatalf("peak concurrent requests %d, want 2..5", p)
+	}
+}
+
+// A redirect is not an acknowledgement: the sink does not follow it (a
+// 301/302/303 would turn the POST into a GET of a page that answers 200),
+// and the 3xx is a non-retryable StatusError, logged with its Location
+// (without its query).
+func TestHTTPRedirectIsAnError(t *testing.T) {
+	var landed atomic.Int32
+	mux := http.NewServeMux()
+	mux.HandleFunc("/landing", func(w http.ResponseWriter, r *http.Request) { landed.Add(1) })
+	for _, code := range []int{301, 302, 303, 307, 308} {
+		mux.HandleFunc("/"+strconv.Itoa(code), func(w http.ResponseWriter, r *http.Request) {
+			http.Redirect(w, r, "/landing?code=LOCSECRET", code)
+		})
+	}
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+	for _, code := range []int{301, 302, 303, 307, 308} {
+		t.Run(strconv.Itoa(code), func(t *testing.T) {
+			logs := &logBuffer{}
+			s := newHTTPSink(t, srv.URL+"/"+strconv.Itoa(code), 5*time.Second, logs)
+			err := s.Send(t.Context(), Target{}, testEvent(t, 1, 1))
+			var serr *StatusError
+			if !errors.As(err, &serr) || serr.StatusCode != code || serr.Retryable() {
+				t.Fatalf("err = %v, want a non-retryable %d StatusError", err, code)
+			}
+			if l := logs.String(); !strings.Contains(l, srv.URL+"/landing") || strings.Contains(l, "LOCSECRET") {
+				t.Errorf("log should hold the Location without its query:\n%s", l)
+			}
+		})
+	}
+	if n := landed.Load(); n != 0 {
+		t.Errorf("the redirect was followed %d times", n)
+	}
+}
+
+// An error from the transport names the endpoint, not the configured URL
+// with its credentials and query, and keeps the underlying error.
+func TestHTTPTransportErrorHidesSecrets(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close() // nothing listens: connection refused
+	s := newHTTPSink(t, "http://tok3n@"+addr+"/hook?code=SUPERSECRET", 5*time.Second, nil)
+	err = s.Send(t.Context(), Target{}, testEvent(t, 1, 1))
+	if err == nil {
+		t.Fatal("Send to a closed port succeeded")
+	}
+	if msg := err.Error(); strings.Contains(msg, "tok3n") || strings.Contains(msg, "SUPERSECRET") || !strings.Contains(msg, "http://"+addr+"/hook") {
+		t.Errorf("err = %q, want the endpoint without credentials or query", msg)
+	}
+	var uerr *url.Error
+	if !errors.As(err, &uerr) || !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Errorf("err = %v, want a *url.Error wrapping connection refused", err)
+	}
+}
+
+// Over HTTP/2 every request shares one connection, yet the receiver still
+// sees at most maxConnections requests at once.
+func TestHTTPMaxConnectionsHTTP2(t *testing.T) {
+	const limit, senders = 2, 30
+	var cur, peak atomic.Int32
+	var proto atomic.Value
+	release := make(chan struct{})
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		proto.Store(r.Proto)
+		c := cur.Add(1)
+		defer cur.Add(-1)
+		for p := peak.Load(); c > p && !peak.CompareAndSwap(p, c); p = peak.Load() {
+		}
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}))
+	srv.EnableHTTP2 = true
+	srv.StartTLS()
+	defer srv.Close()
+	ca := filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(ca, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s, err := NewHTTP("h2", config.HTTP{URL: srv.URL, TLS: &config.TLS{CAFile: ca}, MaxConnections: limit, Timeout: durationOf(30 * time.Second)}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close(t.Context())
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	errs := make(chan error, senders)
+	for i := range senders {
+		go func() { errs <- s.Send(ctx, Target{}, testEvent(t, i, 1)) }()
+	}
+	// Let one request go each time the receiver holds as many as it may.
+	for released := 0; released < senders; released++ {
+		want := int32(min(limit, senders-released))
+		waitFor(t, ctx, fmt.Sprintf("%d requests at the receiver", want), func() bool { return cur.Load() >= want })
+		select {
+		case release <- struct{}{}:
+		case <-ctx.Done():
+			t.Fatal("no request took its release before the deadline")
+		}
+	}
+	for range senders {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if p := peak.Load(); p != limit {
+		t.Errorf("peak concurrent requests %d, want %d", p, limit)
+	}
+	if p, _ := proto.Load().(string); p != "HTTP/2.0" {
+		t.Errorf("protocol %q, want HTTP/2.0", p)
 	}
 }

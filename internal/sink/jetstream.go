@@ -48,6 +48,7 @@ type JetStream struct {
 	name         string
 	log          *slog.Logger
 	inflight     inflight
+	closed       chan struct{} // closed when the first Close has finished
 
 	mu sync.Mutex
 	// pending holds the callback of each published message until the
@@ -64,7 +65,7 @@ func NewJetStream(name string, cfg config.JetStream, log *slog.Logger) (*JetStre
 		return nil, err
 	}
 	cfg.Default()
-	s := &JetStream{nc: nc, stream: cfg.Stream, name: name, log: log, pending: map[*nats.Msg]func(error){}}
+	s := &JetStream{nc: nc, stream: cfg.Stream, name: name, log: log, pending: map[*nats.Msg]func(error){}, closed: make(chan struct{})}
 	js, err := jetstream.New(nc,
 		jetstream.WithPublishAsyncTimeout(cfg.AckTimeout.Duration),
 		jetstream.WithPublishAsyncMaxPending(maxPendingAcks),
@@ -198,9 +199,14 @@ func (s *JetStream) check(ctx context.Context, pattern string) error {
 
 // Close waits for the acks of the events in flight until ctx is done,
 // flushes and closes the connection; events still unacknowledged then
-// fail with ErrClosed.
+// fail with ErrClosed. A concurrent Close waits for the first one (within
+// its own ctx) and fails nothing itself.
 func (s *JetStream) Close(ctx context.Context) error {
-	err := closeNATS(ctx, s.nc, &s.inflight)
+	return closeNATS(ctx, s.nc, &s.inflight, s.closed, s.failPending)
+}
+
+// failPending fails the sends still waiting for their ack with ErrClosed.
+func (s *JetStream) failPending() {
 	s.mu.Lock()
 	left := make([]*nats.Msg, 0, len(s.pending))
 	for m := range s.pending {
@@ -210,7 +216,6 @@ func (s *JetStream) Close(ctx context.Context) error {
 	for _, m := range left {
 		s.complete(m, ErrClosed)
 	}
-	return err
 }
 
 // subjectCovers reports whether every subject matching pattern (whose "*"

@@ -2,6 +2,8 @@ package sink
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -345,5 +347,68 @@ func TestNATSConfigErrors(t *testing.T) {
 				t.Errorf("error leaks the password: %v", err)
 			}
 		})
+	}
+}
+
+// Two Closes at once while acks are outstanding: the later one, whose ctx
+// ends first, waits for the first Close and fails nothing, so the sends
+// acked within the first Close's grace period succeed.
+func TestJetStreamConcurrentClose(t *testing.T) {
+	srv := startNATS(t, 0, t.TempDir())
+	nc, _ := connectJS(t, srv.ClientURL())
+	// A stand-in for a stream that holds the publishes until told to ack.
+	held := make(chan *nats.Msg, 100)
+	sub, err := nc.ChanSubscribe("hold.>", held)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	s, err := NewJetStream("js", config.JetStream{NATSConn: config.NATSConn{URL: srv.ClientURL()}, AckTimeout: durationOf(30 * time.Second)}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Close(context.Background()) })
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+
+	const n = 10
+	cb := sendAll(t, s, Target{Subject: "hold.x"}, 0, n)
+	msgs := make([]*nats.Msg, 0, n)
+	for range n {
+		select {
+		case m := <-held:
+			msgs = append(msgs, m)
+		case <-ctx.Done():
+			t.Fatalf("%d of %d publishes arrived", len(msgs), n)
+		}
+	}
+	first := make(chan error, 1)
+	go func() { first <- s.Close(ctx) }()
+	waitFor(t, ctx, "the first Close has begun", func() bool {
+		s.inflight.mu.RLock()
+		defer s.inflight.mu.RUnlock()
+		return s.inflight.closed
+	})
+	short, cancelShort := context.WithTimeout(ctx, 100*time.Millisecond)
+	defer cancelShort()
+	if err := s.Close(short); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("second Close = %v, want its deadline while the first still waits", err)
+	}
+	select {
+	case err := <-first:
+		t.Fatalf("first Close returned (%v) while acks were outstanding", err)
+	default:
+	}
+	for i, m := range msgs {
+		if err := m.Respond(fmt.Appendf(nil, `{"stream":"HOLD","seq":%d}`, i+1)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cb.acked(t)
+	if err := <-first; err != nil {
+		t.Errorf("first Close = %v", err)
 	}
 }

@@ -26,6 +26,7 @@ type NATS struct {
 	nc       *nats.Conn
 	log      *slog.Logger
 	inflight inflight
+	closed   chan struct{} // closed when the first Close has finished
 }
 
 // NewNATS connects to the NATS server of cfg. name identifies the sink in
@@ -37,7 +38,7 @@ func NewNATS(name string, cfg config.NATS, log *slog.Logger) (*NATS, error) {
 		return nil, err
 	}
 	log.Warn("core NATS sink delivers at most once: events are lost while no subscriber listens; use jetstream for at least once")
-	return &NATS{nc: nc, log: log}, nil
+	return &NATS{nc: nc, log: log, closed: make(chan struct{})}, nil
 }
 
 // Send publishes e to t.Subject and flushes. A nil error means only that
@@ -62,7 +63,7 @@ func (s *NATS) Send(ctx context.Context, t Target, e ce.Event) error {
 
 // Close waits for running Sends, flushes and closes the connection.
 func (s *NATS) Close(ctx context.Context) error {
-	return closeNATS(ctx, s.nc, &s.inflight)
+	return closeNATS(ctx, s.nc, &s.inflight, s.closed, nil)
 }
 
 func flush(ctx context.Context, nc *nats.Conn) error {
@@ -74,15 +75,29 @@ func flush(ctx context.Context, nc *nats.Conn) error {
 	return nc.FlushWithContext(ctx)
 }
 
-func closeNATS(ctx context.Context, nc *nats.Conn, f *inflight) error {
+// closeNATS is Close of the NATS sinks. The first call refuses new sends,
+// waits for running ones until ctx is done, flushes and closes nc, then
+// calls leftovers (when not nil) and closes closed. A later call only waits
+// for closed, until its own ctx is done: it neither returns while the
+// first is still at work nor fails the sends the first is waiting for.
+func closeNATS(ctx context.Context, nc *nats.Conn, f *inflight, closed chan struct{}, leftovers func()) error {
 	first, err := f.close(ctx)
 	if !first {
-		return nil
+		select {
+		case <-closed:
+			return nil
+		case <-ctx.Done():
+			return fmt.Errorf("close: wait for the first Close: %w", context.Cause(ctx))
+		}
 	}
+	defer close(closed)
 	if nc.IsConnected() {
 		err = errors.Join(err, flush(ctx, nc))
 	}
 	nc.Close()
+	if leftovers != nil {
+		leftovers()
+	}
 	if err != nil {
 		return fmt.Errorf("close: %w", err)
 	}

@@ -8,9 +8,12 @@
 //     durably as the transport allows: a JetStream PubAck, a Kafka produce
 //     acknowledged by all in-sync replicas, an HTTP 2xx. Core NATS and stdout
 //     are the exceptions and say so.
-//   - Send never retries on its own beyond what the client library does
-//     inside one call: the caller (the engine's queue) retries, with the same
-//     event id, so brokers that deduplicate by id (JetStream) drop repeats.
+//   - Send retries little on its own. Beyond what the client library does
+//     inside one call, only Kafka retries: it tries a batch up to
+//     kafkaMaxAttempts times, with backoff, on a retriable error (a leader
+//     moving, a connection reset) while a caller still waits. Past that,
+//     the caller (the engine's queue) retries, with the same event id, so
+//     brokers that deduplicate by id (JetStream) drop repeats.
 //   - Send and Close are safe for concurrent use. Send after Close fails
 //     with ErrClosed.
 //   - An error that carries a receiver's request to wait (HTTP 429/5xx with
