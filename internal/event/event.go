@@ -216,12 +216,22 @@ func source(cluster, instance string) types.URIRef {
 // which JetStream's duplicate window then drops. A deletion never shares
 // an id with the modification before it. Causes with no object (lost,
 // resync) count by op and reason. Order does not matter.
+//
+// A request that names no object version for all it reports (one with a
+// lost or resync cause, truncated causes, or no causes) is an occurrence
+// rather than a set of versions: two resyncs of a watcher, at two starts
+// of the bridge, announce different things under the same causes. Its id
+// also counts req.Enqueued, which a retry keeps, so that JetStream's
+// duplicate window drops its retries but not the next occurrence.
 func ID(cluster string, req watch.Request) string {
 	var stack [1024]byte
 	b := appendStr(stack[:0], "depbridge.reconcile.v2")
 	b = appendStr(b, cluster)
 	b = appendRef(b, req.Watcher)
 	b = binary.AppendUvarint(b, uint64(req.Truncated))
+	if occurrence(req) {
+		b = binary.AppendVarint(b, req.Enqueued.UnixNano())
+	}
 	switch len(req.Causes) {
 	case 0:
 	case 1:
@@ -241,6 +251,20 @@ func ID(cluster string, req watch.Request) string {
 	}
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:16])
+}
+
+// occurrence reports whether req's causes leave something unnamed by an
+// object version (see ID).
+func occurrence(req watch.Request) bool {
+	if len(req.Causes) == 0 || req.Truncated > 0 {
+		return true
+	}
+	for i := range req.Causes {
+		if req.Causes[i].Name == "" { // lost, resync
+			return true
+		}
+	}
+	return false
 }
 
 // appendCauseKey encodes what identifies a cause for ID.

@@ -190,6 +190,36 @@ func TestIDIsDeterministic(t *testing.T) {
 		t.Error("a resync shares an id")
 	}
 
+	// A request not named by object versions alone is an occurrence: its
+	// retry (same Enqueued) has its id, the next one (a resync at the next
+	// start, a kind lost again, a requeue) another, which JetStream's
+	// duplicate window does not drop.
+	occurrences := map[string]watch.Request{
+		"resync":    resync,
+		"lost":      lost,
+		"no causes": {Watcher: base.Watcher, Enqueued: base.Enqueued},
+		"truncated": func() watch.Request { r := request(); r.Truncated = 2; return r }(),
+		"resync and a change": func() watch.Request {
+			r := request()
+			r.Causes = append(r.Causes, watch.Cause{Op: watch.OpResync})
+			return r
+		}(),
+	}
+	for name, r := range occurrences {
+		t.Run("occurrence "+name, func(t *testing.T) {
+			retry := r
+			retry.Causes = slices.Clone(r.Causes)
+			if ID("c", retry) != ID("c", r) {
+				t.Error("a retry has another id")
+			}
+			next := r
+			next.Enqueued = r.Enqueued.Add(90 * time.Second)
+			if ID("c", next) == ID("c", r) {
+				t.Error("the next occurrence has the same id")
+			}
+		})
+	}
+
 	differ := map[string]func(*watch.Request) (cluster string){
 		"cluster":              func(*watch.Request) string { return "d" },
 		"deleted, not changed": func(r *watch.Request) string { r.Causes[0].Op = watch.OpDeleted; return "c" },

@@ -386,10 +386,12 @@ type Stats struct {
 	Pending int
 	// Objects stored in the cache.
 	Objects int
-	// Queued is the number of watchers waiting to be reconciled.
+	// Queued is the number of watchers with a request not acknowledged
+	// yet: waiting to be reconciled, or being reconciled (for an
+	// AsyncReconciler, until the broker acknowledges).
 	Queued int
-	// OldestQueued is how long the longest-waiting queued watcher has
-	// waited.
+	// OldestQueued is how long ago the oldest of those requests was
+	// enqueued (a retried request keeps its first time).
 	OldestQueued time.Duration
 }
 

@@ -29,9 +29,9 @@ type queue struct {
 	mu      sync.Mutex
 	closed  bool
 	pending map[cache.Ref]*pendingRequest
-	// taken are the watchers whose request is being reconciled: taken and
-	// not finished.
-	taken map[cache.Ref]struct{}
+	// taken are the watchers whose request is being reconciled (taken and
+	// not finished, so not acknowledged yet), with when it was enqueued.
+	taken map[cache.Ref]time.Time
 	// requeued are the watchers whose last reconcile asked to be called
 	// again (Result.RequeueAfter) and was not since.
 	requeued map[cache.Ref]struct{}
@@ -62,7 +62,7 @@ func newQueue(limiter workqueue.TypedRateLimiter[cache.Ref], maxCauses int, metr
 		limiter:   limiter,
 		maxCauses: maxCauses,
 		pending:   map[cache.Ref]*pendingRequest{},
-		taken:     map[cache.Ref]struct{}{},
+		taken:     map[cache.Ref]time.Time{},
 		requeued:  map[cache.Ref]struct{}{},
 	}
 }
@@ -147,7 +147,7 @@ func (q *queue) take(w cache.Ref) (Request, bool) {
 	} else {
 		return Request{}, false
 	}
-	q.taken[w] = struct{}{}
+	q.taken[w] = req.Enqueued
 	return req, true
 }
 
@@ -187,20 +187,33 @@ func (q *queue) restore(req Request, maxCauses int) {
 	q.pending[req.Watcher] = p
 }
 
-// depth is how many watchers wait and for how long the oldest has.
+// depth is how many watchers have a request not yet acknowledged (waiting,
+// or being reconciled, which for an AsyncReconciler lasts until the broker
+// acknowledges), and how long ago the oldest of those requests was
+// enqueued.
 func (q *queue) depth() (int, time.Duration) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	var oldest time.Time
-	for _, p := range q.pending {
-		if oldest.IsZero() || p.enqueued.Before(oldest) {
-			oldest = p.enqueued
+	older := func(t time.Time) {
+		if oldest.IsZero() || t.Before(oldest) {
+			oldest = t
 		}
 	}
-	if oldest.IsZero() {
-		return len(q.pending), 0
+	n := len(q.pending)
+	for _, p := range q.pending {
+		older(p.enqueued)
 	}
-	return len(q.pending), time.Since(oldest)
+	for w, enqueued := range q.taken {
+		if _, ok := q.pending[w]; !ok {
+			n++
+		}
+		older(enqueued)
+	}
+	if oldest.IsZero() {
+		return n, 0
+	}
+	return n, time.Since(oldest)
 }
 
 // idle reports whether nothing is queued, waiting or being reconciled
