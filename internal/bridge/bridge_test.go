@@ -7,10 +7,12 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -420,6 +422,103 @@ subscriptions:
 	eventually(t, "the new leader publishes", func() bool { return published(rv) })
 }
 
+// A leader that is told to stop keeps the lease until its bridge has
+// stopped: a reconcile in flight at shutdown (here an HTTP send the
+// receiver holds) finishes under the lease, and only then is the lease
+// released, so no standby publishes alongside it.
+func TestLeaderKeepsLeaseUntilStopped(t *testing.T) {
+	got, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	receiver := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		once.Do(func() { close(got) })
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}))
+	defer receiver.Close()
+	defer func() {
+		select {
+		case <-release:
+		default:
+			close(release)
+		}
+	}()
+	ns := namespace(t)
+	cfg := fmt.Sprintf(`
+sinks: [{name: hook, http: {url: %q}}]
+routes: [{name: default, sink: hook}]
+subscriptions:
+  - watcher: {version: v1, kind: ConfigMap, namespace: fn, name: w}
+    watched: [{version: v1, kind: ConfigMap, namespace: %s, name: cm}]
+`, receiver.URL, ns)
+	r := startWith(t, cfg, func(o *Options) {
+		o.Instance = "a"
+		o.LeaderElection = &LeaderElection{Name: "le-" + ns, Namespace: ns, LeaseDuration: 2 * time.Second,
+			RenewDeadline: time.Second, RetryPeriod: 200 * time.Millisecond}
+	})
+	leases := kubernetes.NewForConfigOrDie(env.Config).CoordinationV1().Leases(ns)
+	holder := func() string {
+		l, err := leases.Get(context.Background(), "le-"+ns, metav1.GetOptions{})
+		if err != nil || l.Spec.HolderIdentity == nil {
+			return ""
+		}
+		return *l.Spec.HolderIdentity
+	}
+	select {
+	case <-got: // the initial reconcile's event, held by the receiver
+	case <-time.After(wait):
+		t.Fatal("the leader sent nothing")
+	}
+	if h := holder(); h != "a" {
+		t.Fatalf("lease held by %q while leading, want a", h)
+	}
+	r.stop()
+	// Released on stop, the lease was free again within a RetryPeriod; the
+	// bridge's grace for the held send is 10s. Watch it for 2s (10
+	// RetryPeriods) of that grace.
+	for end := time.Now().Add(2 * time.Second); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+		if h := holder(); h != "a" {
+			t.Fatalf("lease held by %q while the stopping leader's send was in flight, want a", h)
+		}
+	}
+	close(release)
+	if err := r.shutdown(); err != nil {
+		t.Fatalf("leader stopped with %v", err)
+	}
+	if h := holder(); h != "" {
+		t.Fatalf("lease held by %q after the leader stopped, want it released", h)
+	}
+}
+
+// A bridge that fails while leading makes Start return its error and
+// gives the lease up, rather than holding the lease with nothing running.
+func TestLeaderFailsAndReleases(t *testing.T) {
+	ns := namespace(t)
+	r := startWith(t, "subscriptions: []\n", func(o *Options) {
+		o.EmbeddedNATS = "127.0.0.1:bad" // no sinks: the bridge fails starting its embedded NATS
+		o.Instance = "a"
+		o.LeaderElection = &LeaderElection{Name: "le-" + ns, Namespace: ns, LeaseDuration: 2 * time.Second,
+			RenewDeadline: time.Second, RetryPeriod: 200 * time.Millisecond}
+	})
+	select {
+	case err := <-r.done:
+		close(r.done)
+		if err == nil || !strings.Contains(err.Error(), "embedded NATS") {
+			t.Fatalf("Start returned %v, want the bridge's error about its embedded NATS", err)
+		}
+	case <-time.After(wait):
+		t.Fatal("Start did not return after the bridge failed while leading")
+	}
+	l, err := kubernetes.NewForConfigOrDie(env.Config).CoordinationV1().Leases(ns).Get(context.Background(), "le-"+ns, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h := l.Spec.HolderIdentity; h != nil && *h != "" {
+		t.Fatalf("lease held by %q after the bridge failed, want it released", *h)
+	}
+}
+
 // A restart with nothing changed sends nothing with a checkpoint store, and
 // one resync request per watcher without one.
 func TestRestartWithAndWithoutCheckpoint(t *testing.T) {
@@ -498,11 +597,11 @@ func TestRestartWithAndWithoutCheckpoint(t *testing.T) {
 	want = msgs()
 	restart(kv, "cm5")
 
-	// Without a checkpoint store: one resync for every watcher.
-	base := msgs()
-	third := start(t, cfg(""))
-	defer third.shutdown()
-	resyncs := func() map[string]int {
+	// Without a checkpoint store: one resync for every watcher, at every
+	// start. The second start is within JetStream's duplicate window (2
+	// minutes): a resync is an occurrence, not a set of object versions,
+	// so its id differs from the first start's and JetStream keeps it.
+	resyncs := func(base uint64) map[string]int {
 		out := map[string]int{}
 		for seq := base + 1; seq <= msgs(); seq++ {
 			m, err := stream.GetMsg(ctx, seq)
@@ -525,10 +624,18 @@ func TestRestartWithAndWithoutCheckpoint(t *testing.T) {
 		}
 		return out
 	}
-	eventually(t, "one resync per watcher", func() bool { return len(resyncs()) == watchers })
-	for w, n := range resyncs() {
-		if n != 1 {
-			t.Errorf("%s got %d resyncs", w, n)
+	for _, run := range []string{"first", "second"} {
+		base := msgs()
+		r := start(t, cfg(""))
+		eventually(t, "one resync per watcher at the "+run+" start without a checkpoint",
+			func() bool { return len(resyncs(base)) == watchers })
+		for w, n := range resyncs(base) {
+			if n != 1 {
+				t.Errorf("%s got %d resyncs at the %s start without a checkpoint", w, n, run)
+			}
+		}
+		if err := r.shutdown(); err != nil {
+			t.Fatal(err)
 		}
 	}
 }

@@ -60,8 +60,24 @@ func (b *Bridge) lead(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("register leader metric: %w", err)
 	}
+	// The elector runs on a context of its own, cancelled only once the
+	// bridge has stopped: with ReleaseOnCancel it gives the lease up as
+	// soon as its context ends, and a standby must not take over while
+	// this replica's reconciles, checkpoint and sinks are still finishing
+	// (client-go's contract for ReleaseOnCancel).
+	ectx, stopElecting := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopElecting()
 	ran := make(chan error, 1)
 	var led atomic.Bool
+	// Before this replica leads, the end of ctx stops the election; once
+	// it leads, the end of the bridge does (OnStartedLeading). led is set
+	// before the bridge starts, so one of the two always stops it.
+	stopWaiting := context.AfterFunc(ctx, func() {
+		if !led.Load() {
+			stopElecting()
+		}
+	})
+	defer stopWaiting()
 	elector, err := leaderelection.NewLeaderElector(leaderelection.LeaderElectionConfig{
 		Name: "depbridge",
 		Lock: &resourcelock.LeaseLock{
@@ -74,12 +90,18 @@ func (b *Bridge) lead(ctx context.Context) error {
 		RetryPeriod:     le.RetryPeriod,
 		ReleaseOnCancel: true,
 		Callbacks: leaderelection.LeaderCallbacks{
+			// lctx ends when the lease is lost (or the election stops).
 			OnStartedLeading: func(lctx context.Context) {
+				led.Store(true)
+				rctx, stop := context.WithCancel(lctx)
+				defer stop()
+				defer context.AfterFunc(ctx, stop)()
 				b.log.Info("leading: starting the bridge", "lease", le.Namespace+"/"+le.Name, "identity", le.Identity)
 				b.setLeading(true)
 				leader.Set(1)
-				led.Store(true)
-				ran <- b.run(lctx)
+				ran <- b.run(rctx)
+				// Everything the lease guards has stopped: release it.
+				stopElecting()
 			},
 			OnStoppedLeading: func() {
 				b.setLeading(false)
@@ -96,12 +118,15 @@ func (b *Bridge) lead(ctx context.Context) error {
 		return fmt.Errorf("leader election: %w", err)
 	}
 	b.log.Info("standby: waiting for the lease", "lease", le.Namespace+"/"+le.Name, "identity", le.Identity)
-	elector.Run(ctx) // returns when ctx is done or the lease is lost
+	// Run returns when the lease is lost or, after the bridge stopped, once
+	// it released the lease; or, if this replica never led, when ctx is
+	// done.
+	elector.Run(ectx)
 	if !led.Load() {
 		return nil
 	}
-	// Run does not wait for the bridge to stop: wait here, so that the
-	// sinks are flushed before the process exits.
+	// After a lost lease Run does not wait for the bridge to stop: wait
+	// here, so that the sinks are flushed before the process exits.
 	runErr := <-ran
 	if ctx.Err() != nil {
 		return runErr

@@ -12,6 +12,8 @@ import (
 	"sync"
 	"time"
 
+	"k8s.io/apimachinery/pkg/runtime/schema"
+
 	"github.com/depbridge/depbridge/internal/cache"
 	"github.com/depbridge/depbridge/internal/config"
 	"github.com/depbridge/depbridge/internal/control"
@@ -73,6 +75,9 @@ type entry struct {
 	sub    config.Subscription
 	route  *sink.Route
 	origin origin
+	// settled is set while the subscription is being registered, and
+	// closed once the engine took it or refused it (see change).
+	settled chan struct{}
 }
 
 type failure struct {
@@ -87,14 +92,25 @@ func newSubscriptions(e *watch.Engine, routes map[string]*sink.Route, log *slog.
 
 // Route implements publish.Router. A watcher with no subscription (removed
 // while a request of it was queued) gets a terminal error: its request is
-// dropped.
+// dropped. While the watcher's subscription is being registered, Route
+// waits until the engine took it (its route) or refused it (the route it
+// had, if any): a request of that time goes neither to a route that is
+// then refused nor, once accepted, to the one it replaced. The wait is
+// bounded by the registration's timeout.
 func (s *subscriptions) Route(w cache.Ref) (*sink.Route, error) {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	if e, ok := s.subs[w]; ok {
-		return e.route, nil
+	for {
+		s.mu.RLock()
+		e, ok := s.subs[w]
+		s.mu.RUnlock()
+		switch {
+		case !ok:
+			return nil, fmt.Errorf("%w: watcher %s has no subscription any more", watch.ErrTerminal, w.Key())
+		case e.settled != nil:
+			<-e.settled
+		default:
+			return e.route, nil
+		}
 	}
-	return nil, fmt.Errorf("%w: watcher %s has no subscription any more", watch.ErrTerminal, w.Key())
 }
 
 // watchOptions are the engine settings of a subscription. Until the
@@ -116,32 +132,36 @@ func (s *subscriptions) register(ctx context.Context, sub config.Subscription, o
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
-	// The route is set first: the engine may hand the watcher's first
-	// request to a worker before Subscribe returns.
-	restore := s.setEntry(sub.Watcher, entry{sub: sub, route: r, origin: o})
-	if err := s.e.Subscribe(ctx, watch.Subscription{Watcher: sub.Watcher, Watched: sub.Watched, Options: s.watchOptions(sub, r)}); err != nil {
-		restore()
-		return err
-	}
-	return nil
+	return s.change(entry{sub: sub, route: r, origin: o}, func() error {
+		return s.e.Subscribe(ctx, watch.Subscription{Watcher: sub.Watcher, Watched: sub.Watched, Options: s.watchOptions(sub, r)})
+	})
 }
 
-// setEntry sets a watcher's entry and returns a function that puts back
-// what was there.
-func (s *subscriptions) setEntry(w cache.Ref, e entry) (restore func()) {
+// change makes e the watcher's entry if register, which registers it with
+// the engine, succeeds, and leaves the entry as it was if not. Meanwhile
+// the entry is unsettled, so that Route waits: the engine may hand the
+// watcher's requests to a worker before register returns.
+func (s *subscriptions) change(e entry, register func() error) error {
+	w := e.sub.Watcher
+	e.settled = make(chan struct{})
+	defer close(e.settled)
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	prev, had := s.subs[w]
 	s.subs[w] = e
-	return func() {
-		s.mu.Lock()
-		defer s.mu.Unlock()
-		if had {
-			s.subs[w] = prev
-		} else {
-			delete(s.subs, w)
-		}
+	s.mu.Unlock()
+	err := register()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case err == nil:
+		e.settled = nil
+		s.subs[w] = e
+	case had:
+		s.subs[w] = prev
+	default:
+		delete(s.subs, w)
 	}
+	return err
 }
 
 func (s *subscriptions) remove(w cache.Ref) error {
@@ -321,13 +341,21 @@ func (s *subscriptions) Query(ctx context.Context, w cache.Ref, route string, in
 	r := s.routes[sub.Route]
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
-	restore := s.setEntry(sub.Watcher, entry{sub: sub, route: r, origin: fromControl})
-	res, err := s.e.Query(ctx, sub.Watcher, s.watchOptions(sub, r), sub.Watched)
+	var res []watch.QueryResult
+	err = s.change(entry{sub: sub, route: r, origin: fromControl}, func() (err error) {
+		res, err = s.e.Query(ctx, sub.Watcher, s.watchOptions(sub, r), sub.Watched)
+		return err
+	})
 	if err != nil {
-		restore()
 		return nil, invalid(err)
 	}
 	return res, nil
+}
+
+// Resource implements control.KindResolver with the engine's discovery
+// cache.
+func (s *subscriptions) Resource(ctx context.Context, gvk schema.GroupVersionKind) (cache.Resource, error) {
+	return s.e.Resource(ctx, gvk)
 }
 
 // checkControl validates a control-channel subscription and makes it

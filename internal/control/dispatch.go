@@ -63,9 +63,12 @@ func (s *serializer) run(ctx context.Context) {
 }
 
 // drain runs the functions of key until it has none; false when ctx ended
-// first.
+// first. None starts once ctx is done.
 func (s *serializer) drain(ctx context.Context, key string) bool {
 	for {
+		if ctx.Err() != nil {
+			return false
+		}
 		s.mu.Lock()
 		q := s.queue[key]
 		if len(q) == 0 {
@@ -80,9 +83,6 @@ func (s *serializer) drain(ctx context.Context, key string) bool {
 		s.mu.Unlock()
 		fn(ctx)
 		<-s.sem
-		if ctx.Err() != nil {
-			return false
-		}
 	}
 }
 

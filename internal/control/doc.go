@@ -28,6 +28,14 @@
 //     too: the watcher's last accepted message is stored again, or the
 //     rejected one removed, so that a restart does not apply what was
 //     refused, nor lose what was accepted before it.
+//   - Stopping is not rejecting. A message that fails because the channel
+//     is stopping (its context done mid-call) was not carried out: it gets
+//     no status, is not counted or undone, and stays on the bus for the
+//     next start's replay.
+//   - The policy sees what the engine will do. A namespace given for a
+//     cluster-scoped kind is ignored by the engine, so the policy judges
+//     such a Ref as one with no namespace; the transports learn the scope
+//     from the Subscriptions (KindResolver).
 //   - Ordered per watcher, concurrent across watchers. One watcher's
 //     messages are handled one at a time, in bus order; different
 //     watchers' by Options.Workers workers, so that a slow one (at most

@@ -116,8 +116,9 @@ func newProcessor(ctl config.Control, subs Subscriptions, o Options) *processor 
 	}
 }
 
-// check applies the policy to what req would watch or query.
-func (p *processor) check(req *Request) error {
+// check applies the policy to what req would watch or query, judging a
+// Ref of a cluster-scoped kind as one with no namespace (see checkScoped).
+func (p *processor) check(ctx context.Context, req *Request) error {
 	field, refs := "", []cache.Ref(nil)
 	switch {
 	case req.Apply != nil:
@@ -126,7 +127,7 @@ func (p *processor) check(req *Request) error {
 		field, refs = "queries", req.Query.Queries
 	}
 	for i, r := range refs {
-		if err := CheckPolicy(p.policy, r); err != nil {
+		if err := checkScoped(ctx, p.policy, p.subs, r); err != nil {
 			return fmt.Errorf("%s[%d]: %w", field, i, err)
 		}
 	}
@@ -149,11 +150,11 @@ func (p *processor) handle(ctx context.Context, req *Request) (st *StatusData, e
 			st.Accepted = true
 		}
 	}()
-	if err := p.check(req); err != nil {
-		return st, err
-	}
 	ctx, cancel := context.WithTimeout(ctx, p.timeout)
 	defer cancel()
+	if err := p.check(ctx, req); err != nil {
+		return st, err
+	}
 	switch req.Type {
 	case TypeApply:
 		s := *req.Apply
@@ -185,6 +186,24 @@ func (p *processor) handle(ctx context.Context, req *Request) (st *StatusData, e
 		err = fmt.Errorf("gave up after %s: %w (%w)", p.timeout, context.DeadlineExceeded, err)
 	}
 	return st, err
+}
+
+// interrupted reports whether err, the outcome of handling a message under
+// the run context ctx, is due to the channel stopping rather than to the
+// message: ctx is done, and err is not one of the rejections that do not
+// depend on it (decoding, policy, ownership). Such a message was not
+// carried out, and the transports leave it on the bus for the next start:
+// no status (which would say it was rejected), no undo, no count.
+func interrupted(ctx context.Context, err error) bool {
+	if err == nil || ctx.Err() == nil {
+		return false
+	}
+	for _, final := range []error{ErrTooLarge, ErrUnsupported, ErrInvalid, ErrDenied, ErrOwned} {
+		if errors.Is(err, final) {
+			return false
+		}
+	}
+	return true
 }
 
 // rejected is the status of a message rejected before it was carried

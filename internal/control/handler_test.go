@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 
 	"github.com/depbridge/depbridge/internal/cache"
 	"github.com/depbridge/depbridge/internal/config"
@@ -31,6 +32,11 @@ func (f *fakeSubs) Apply(ctx context.Context, s config.Subscription) error {
 		return f.apply(ctx, s)
 	}
 	return nil
+}
+
+// Resource says every kind is served, namespaced.
+func (f *fakeSubs) Resource(_ context.Context, gvk schema.GroupVersionKind) (cache.Resource, error) {
+	return cache.Resource{GroupVersionResource: gvk.GroupVersion().WithResource(strings.ToLower(gvk.Kind) + "s"), Namespaced: true}, nil
 }
 
 func (f *fakeSubs) Delete(_ context.Context, w cache.Ref) error {

@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/depbridge/depbridge/internal/cache"
@@ -255,6 +256,12 @@ func (s *engineSubs) Query(ctx context.Context, watcher cache.Ref, route string,
 	return rs, err
 }
 
+// Resource says how a kind is served, as the bridge's Subscriptions does:
+// the policy needs to know which kinds are cluster-scoped.
+func (s *engineSubs) Resource(ctx context.Context, gvk schema.GroupVersionKind) (cache.Resource, error) {
+	return s.e.Resource(ctx, gvk)
+}
+
 func (s *engineSubs) routeOf(w cache.Ref) string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -400,3 +407,85 @@ func eventually(t testing.TB, what string, cond func() bool) {
 }
 
 func boolPtr(b bool) *bool { return &b }
+
+// stallSubs is a Subscriptions whose Apply, while stall is set, holds
+// until its context is done and then fails with the context's error, as
+// the engine does while waiting for a watch to start; otherwise it
+// accepts everything.
+type stallSubs struct {
+	stall   bool
+	started chan cache.Ref // an Apply started to stall
+
+	mu      sync.Mutex
+	applied []string
+}
+
+func newStallSubs(stall bool) *stallSubs {
+	return &stallSubs{stall: stall, started: make(chan cache.Ref, 16)}
+}
+
+func (s *stallSubs) Apply(ctx context.Context, sub config.Subscription) error {
+	if s.stall {
+		s.started <- sub.Watcher
+		<-ctx.Done()
+		return fmt.Errorf("waiting for the watch to start: %w", ctx.Err())
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.applied = append(s.applied, sub.Watcher.Key())
+	return nil
+}
+
+func (s *stallSubs) Delete(context.Context, cache.Ref) error { return nil }
+
+func (s *stallSubs) Resource(ctx context.Context, gvk schema.GroupVersionKind) (cache.Resource, error) {
+	return (&fakeSubs{}).Resource(ctx, gvk)
+}
+
+func (s *stallSubs) Query(context.Context, cache.Ref, string, bool, []cache.Ref) ([]watch.QueryResult, error) {
+	return nil, nil
+}
+
+func (s *stallSubs) appliedKeys() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.applied)
+}
+
+// waitStall waits until an Apply of s stalls.
+func (s *stallSubs) waitStall(t testing.TB) cache.Ref {
+	t.Helper()
+	select {
+	case w := <-s.started:
+		return w
+	case <-time.After(wait):
+		t.Fatalf("no Apply within %s", wait)
+		return cache.Ref{}
+	}
+}
+
+// noCount checks that nothing was counted as handled.
+func noCount(t testing.TB, m *Metrics) {
+	t.Helper()
+	for _, typ := range metricTypes {
+		for _, res := range metricResults {
+			if got := testutil.ToFloat64(m.messages.WithLabelValues(typ, res)); got != 0 {
+				t.Errorf("messages_total{type=%q,result=%q} = %v, want 0", typ, res, got)
+			}
+		}
+	}
+	for _, r := range metricReasons {
+		if got := testutil.ToFloat64(m.rejected.WithLabelValues(r)); got != 0 {
+			t.Errorf("rejected_total{reason=%q} = %v, want 0", r, got)
+		}
+	}
+}
+
+func newTestMetrics(t testing.TB) *Metrics {
+	t.Helper()
+	m, err := NewMetrics(prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}

@@ -321,19 +321,25 @@ func (t *Kafka) process(ctx context.Context, m kafka.Message, replay bool) {
 			st, err = t.proc.handle(ctx, req)
 		}
 	}
-	typ := ""
-	if req != nil {
-		typ = req.Type
-	}
-	if !restored {
-		t.proc.metrics.observe(typ, err, time.Since(start))
-	}
 	log := t.log.With("key", key, "partition", m.Partition, "offset", m.Offset, "replay", replay)
 	if req != nil {
 		log = log.With("type", req.Type, "event_id", req.ID)
 		if req.Watcher != (cache.Ref{}) {
 			log = log.With("watcher", req.Watcher.Key())
 		}
+	}
+	if interrupted(ctx, err) {
+		// Not carried out: it stays its key's last record, and the replay
+		// at the next start handles it.
+		log.Info("control message not handled: the control channel is stopping; it will be handled at the next start", "err", err)
+		return
+	}
+	typ := ""
+	if req != nil {
+		typ = req.Type
+	}
+	if !restored {
+		t.proc.metrics.observe(typ, err, time.Since(start))
 	}
 	if err != nil {
 		log.Warn("control message rejected", "err", err)

@@ -349,7 +349,9 @@ func (t *NATS) process(ctx context.Context, m *nats.Msg, seq uint64, replay bool
 	restored := m.Header.Get(hdrRestored) != ""
 	var w *waiter
 	if tok := m.Header.Get(hdrRequest); tok != "" && !replay {
-		w = t.takeWaiter(tok)
+		if w = t.takeWaiter(tok); w != nil {
+			defer close(w.done)
+		}
 	}
 	req, err := t.proc.decoder.DecodeNATS(m.Header, m.Data)
 	if err == nil {
@@ -366,16 +368,22 @@ func (t *NATS) process(ctx context.Context, m *nats.Msg, seq uint64, replay bool
 	} else {
 		st, err = t.proc.handle(ctx, req)
 	}
+	log := t.log.With("subject", m.Subject, "seq", seq, "replay", replay)
+	if req != nil {
+		log = log.With("watcher", req.Watcher.Key(), "type", req.Type, "event_id", req.ID)
+	}
+	if interrupted(ctx, err) {
+		// Not carried out: it stays the subject's last message, and the
+		// replay at the next start handles it.
+		log.Info("control message not handled: the control channel is stopping; it will be handled at the next start", "err", err)
+		return
+	}
 	typ := ""
 	if req != nil {
 		typ = req.Type
 	}
 	if !restored {
 		t.proc.metrics.observe(typ, err, time.Since(start))
-	}
-	log := t.log.With("subject", m.Subject, "seq", seq, "replay", replay)
-	if req != nil {
-		log = log.With("watcher", req.Watcher.Key(), "type", req.Type, "event_id", req.ID)
 	}
 	if err != nil {
 		log.Warn("control message rejected", "err", err)
@@ -387,9 +395,6 @@ func (t *NATS) process(ctx context.Context, m *nats.Msg, seq uint64, replay bool
 		t.mu.Lock()
 		t.lastGood[m.Subject] = m
 		t.mu.Unlock()
-	}
-	if w != nil {
-		defer close(w.done)
 	}
 	if replay || restored {
 		return
@@ -562,13 +567,21 @@ func (t *NATS) serveQuery(ctx context.Context, m *nats.Msg) {
 		err = t.checkReplyTo(req.ReplyTo)
 	}
 	if err == nil {
-		err = t.proc.check(req)
+		cctx, cancel := context.WithTimeout(ctx, t.opts.MessageTimeout)
+		err = t.proc.check(cctx, req)
+		cancel()
 	}
 	if err == nil {
 		err = t.store(ctx, m, req, start)
 		if err == nil {
 			return
 		}
+	}
+	if interrupted(ctx, err) {
+		// The request goes unanswered, as it would a moment later. Had it
+		// been stored, the next start handles it.
+		t.log.Info("control query not handled: the control channel is stopping", "watcher", keyOf(req), "err", err)
+		return
 	}
 	typ := ""
 	var dests []string

@@ -527,6 +527,85 @@ func TestNATSRejected(t *testing.T) {
 	}
 }
 
+// TestNATSPolicyClusterScoped: a client restricted to one namespace
+// cannot watch objects of cluster-scoped kinds (whose namespace the engine
+// ignores) by giving that namespace.
+func TestNATSPolicyClusterScoped(t *testing.T) {
+	k := kube(t)
+	ns := namespace(t, k)
+	configMap(t, k, ns, "a", nil)
+	srv := startNATS(t, t.TempDir())
+	h := startEngine(t)
+	tr := newNATSTransport(t, srv, h, config.Policy{Allow: []config.PolicyRule{{Groups: []string{""}, Namespaces: []string{ns}}}})
+	runTransport(t, tr)
+	c := newNATSClient(t, srv)
+	w := fnRef(ns, "fn")
+	subject := WatcherSubject(prefix, w)
+	for id, ref := range map[string]cache.Ref{
+		"nodes": {Version: "v1", Kind: "Node", Namespace: ns, Selector: "*"},
+		"pv":    {Version: "v1", Kind: "PersistentVolume", Namespace: ns, Name: "pv1"},
+	} {
+		before := h.rejectedCount("denied")
+		c.publish(t, subject, newEvent(t, id, TypeApply, applyData(w, ref)), sink.Binary)
+		if _, st := c.waitStatus(t, id); st.Accepted || !strings.Contains(st.Reason, ref.Kind+" is cluster-scoped") {
+			t.Errorf("%s: accepted %v, reason %q; want a denial", ref.Key(), st.Accepted, st.Reason)
+		}
+		if got := h.rejectedCount("denied"); got != before+1 {
+			t.Errorf("%s: rejected_total{denied} = %v, want %v", ref.Key(), got, before+1)
+		}
+	}
+	if n := h.e.Stats().Watchers; n != 0 {
+		t.Errorf("%d watchers after the denials, want 0", n)
+	}
+	c.publish(t, subject, newEvent(t, "cm", TypeApply, applyData(w, cmRef(ns, "a"))), sink.Binary)
+	if _, st := c.waitStatus(t, "cm"); !st.Accepted {
+		t.Errorf("a ConfigMap of the namespace: %+v", st)
+	}
+	if got, want := watchedNames(t, h.e, w), []string{"ConfigMap/a"}; !slices.Equal(got, want) {
+		t.Errorf("watched: %v, want %v", got, want)
+	}
+}
+
+// TestNATSStopInFlight: a message being handled when the channel stops
+// is not answered, not counted and not removed from the stream: it was
+// not carried out, and the next start does it.
+func TestNATSStopInFlight(t *testing.T) {
+	srv := startNATS(t, t.TempDir())
+	start := func(subs *stallSubs, m *Metrics) func() {
+		tr, err := NewNATS(config.Control{Sink: "bus", Subject: prefix, Policy: testPolicy(false)}, config.NATSConn{URL: natsURL(srv)}, subs,
+			Options{Logger: testLogger(t), Metrics: m, MessageTimeout: 20 * time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return runTransport(t, tr)
+	}
+	subs, m := newStallSubs(true), newTestMetrics(t)
+	stop := start(subs, m)
+	c := newNATSClient(t, srv)
+	w := fnRef("ns", "fn")
+	subject := WatcherSubject(prefix, w)
+	c.publish(t, subject, newEvent(t, "in-flight", TypeApply, applyData(w, cmRef("ns", "a"))), sink.Binary)
+	subs.waitStall(t)
+	stop()
+	c.noStatus(t, 300*time.Millisecond)
+	noCount(t, m)
+	s, err := c.js.Stream(context.Background(), DefaultStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	last, err := s.GetLastMsgForSubject(context.Background(), subject)
+	if err != nil || last.Header.Get("ce-id") != "in-flight" || last.Header.Get(hdrRestored) != "" {
+		t.Fatalf("the message in flight is no longer the subject's last: %v %v", last, err)
+	}
+
+	// The next start carries it out.
+	subs2 := newStallSubs(false)
+	start(subs2, newTestMetrics(t))
+	if got, want := subs2.appliedKeys(), []string{w.Key()}; !slices.Equal(got, want) {
+		t.Errorf("applied at the next start: %v, want %v", got, want)
+	}
+}
+
 func encodeNATS(t testing.TB, subject string, e ce.Event) *nats.Msg {
 	t.Helper()
 	m, err := sink.EncodeNATS(context.Background(), subject, sink.Binary, &e)

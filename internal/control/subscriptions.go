@@ -3,6 +3,8 @@ package control
 import (
 	"context"
 
+	"k8s.io/apimachinery/pkg/runtime/schema"
+
 	"github.com/depbridge/depbridge/internal/cache"
 	"github.com/depbridge/depbridge/internal/config"
 	"github.com/depbridge/depbridge/internal/watch"
@@ -29,4 +31,20 @@ type Subscriptions interface {
 	// nothing) with events going to route, and returns what each query
 	// finds in the cache, unredacted. ErrOwned / ErrInvalid as above.
 	Query(ctx context.Context, watcher cache.Ref, route string, initial bool, queries []cache.Ref) ([]watch.QueryResult, error)
+	// KindResolver says how a kind is served, for the policy.
+	KindResolver
+}
+
+// KindResolver says how a kind is served; the bridge's Subscriptions does,
+// through the engine's discovery cache (watch.Engine.Resource). The
+// policy needs it: the engine ignores the namespace of a Ref of a
+// cluster-scoped kind, so such a Ref is judged as one with no namespace,
+// and a client allowed only some namespaces cannot watch, say, every Node
+// by naming one of them.
+type KindResolver interface {
+	// Resource returns where gvk is served: an error wrapping
+	// cache.ErrNoVersionedResource when it is not (yet), or
+	// cache.ErrResourceUnwatchable with the Resource; any other error
+	// (discovery failed) makes the message fail.
+	Resource(ctx context.Context, gvk schema.GroupVersionKind) (cache.Resource, error)
 }
