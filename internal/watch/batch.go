@@ -33,17 +33,18 @@ type Batch struct {
 // StartBatch opens a batch for watcher (registering it if new). One batch
 // per watcher at a time.
 func (e *Engine) StartBatch(watcher cache.Ref) (*Batch, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	// ErrNotStarted comes first, then ErrCacheDisabled (AC-01, AC-05).
+	if err := e.checkRunningLocked(); err != nil {
+		return nil, err
+	}
 	if e.opts.DisableCache {
 		return nil, ErrCacheDisabled
 	}
 	w, err := watcher.Canonical()
 	if err != nil {
 		return nil, fmt.Errorf("start batch: %w", err)
-	}
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if err := e.checkRunningLocked(); err != nil {
-		return nil, err
 	}
 	ws := e.watchers[w]
 	if ws == nil {
@@ -165,6 +166,13 @@ type QueryResult struct {
 // each finds in the cache. No queries removes the watcher. The watcher's
 // options become opts, with Objects set.
 func (e *Engine) Query(ctx context.Context, watcher cache.Ref, opts WatcherOptions, queries []cache.Ref) ([]QueryResult, error) {
+	// ErrNotStarted comes first, then ErrCacheDisabled (AC-01, AC-05).
+	e.mu.Lock()
+	err := e.checkRunningLocked()
+	e.mu.Unlock()
+	if err != nil {
+		return nil, err
+	}
 	if e.opts.DisableCache {
 		return nil, ErrCacheDisabled
 	}

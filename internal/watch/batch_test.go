@@ -75,8 +75,10 @@ func TestQueryBatch(t *testing.T) {
 		}
 	}
 
-	// AC-24: Get returns the stripped object and watches it; a second Get
-	// adds nothing. Several Gets may run at once.
+	// AC-24: Get returns the stripped object, body included, and watches it;
+	// a second Get adds nothing. Several Gets may run at once, and each
+	// waits for the object to be cached in full (the watcher's direct
+	// dependency left a metadata-only copy).
 	var wg sync.WaitGroup
 	got := make([]*unstructured.Unstructured, 4)
 	errs := make([]error, 4)
@@ -90,6 +92,9 @@ func TestQueryBatch(t *testing.T) {
 		}
 		if _, ok := got[i].GetAnnotations()[cache.LastAppliedAnnotation]; ok || len(got[i].GetManagedFields()) > 0 {
 			t.Fatalf("Get returned an unstripped object: %v", got[i].GetAnnotations())
+		}
+		if !hasData(got[i]) {
+			t.Fatalf("Get %d returned no data: %v", i, got[i].Object)
 		}
 	}
 	if st := e.Stats(); st.Watched != 2 {

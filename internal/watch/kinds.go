@@ -17,14 +17,20 @@ import (
 
 var crdResource = schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"}
 
+// addPendingLocked makes a ref wait for its kind, and wakes the resolver.
 func (e *Engine) addPendingLocked(st *refState) {
+	e.pendLocked(st)
+	e.kickResolver()
+}
+
+// pendLocked makes a ref wait for its kind without waking the resolver.
+func (e *Engine) pendLocked(st *refState) {
 	refs := e.pending[st.gvk]
 	if refs == nil {
 		refs = map[*refState]struct{}{}
 		e.pending[st.gvk] = refs
 	}
 	refs[st] = struct{}{}
-	e.kickResolver()
 }
 
 func (e *Engine) removePendingLocked(st *refState) {
@@ -147,16 +153,40 @@ func (e *Engine) resolvedLocked(gvk schema.GroupVersionKind, res cache.Resource)
 	}
 	k := e.kinds[res.GroupVersionResource]
 	for _, st := range attached {
-		if s := k.coveringSource(st.ref.Namespace); s != nil && s.ready {
-			for _, p := range st.pairs {
-				if p.waitInitial && p.confirmed {
-					e.initialLocked(p)
-				}
+		for _, p := range st.pairs {
+			if p.waitInitial {
+				e.appearedLocked(p)
 			}
 		}
 	}
 	e.planLocked(k)
 	e.broadcastLocked()
+}
+
+// appearedLocked ends the wait of a pair whose kind was not served when it
+// was added, or stopped being served since: what its ref matches was
+// created after its watcher started to depend on it, so it is reported as
+// added, whatever NoInitial says, not as initial. The objects come with
+// the kind's first list (replace reports objects in scopes never listed as
+// added), or now if a source covering the ref has listed already. With a
+// Checkpoint, what the watcher was told before and no longer exists is
+// reported gone first, as for an initial reconcile.
+func (e *Engine) appearedLocked(p *pair) {
+	p.waitInitial = false
+	st := p.r
+	var listed bool
+	if s := st.kind.coveringSource(st.ref.Namespace); s != nil && s.ready {
+		listed = true
+	}
+	if p.confirmed && !listed && e.opts.Checkpoint != nil && !e.toldDiffLocked(p) {
+		e.opts.Checkpoint.Baseline(p.w.ref, st.ref.Key(), e.seenLocked(st))
+	}
+	if listed {
+		e.eachMatch(st, func(o *cache.Object) {
+			e.enqueueLocked(p.w, Cause{Watched: st.ref, Namespace: o.Namespace, Name: o.Name, UID: o.UID,
+				ResourceVersion: o.ResourceVersion, Op: OpAdded})
+		})
+	}
 }
 
 // crdWatch is a metadata-only watch of CustomResourceDefinitions, running

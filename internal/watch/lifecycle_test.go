@@ -38,6 +38,19 @@ func TestNotStarted(t *testing.T) {
 		}
 	}
 	check("before Start")
+	// ErrNotStarted comes before ErrCacheDisabled.
+	noCache, err := New(integration(t).Config, newRecorder(), Options{Logger: testLogger(), DisableCache: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, call := range map[string]func() error{
+		"StartBatch": func() error { _, err := noCache.StartBatch(w); return err },
+		"Query":      func() error { _, err := noCache.Query(ctx, w, WatcherOptions{}, []cache.Ref{r}); return err },
+	} {
+		if err := call(); !errors.Is(err, ErrNotStarted) {
+			t.Errorf("%s before Start with the cache disabled: err = %v, want ErrNotStarted", name, err)
+		}
+	}
 
 	runCtx, cancel := context.WithCancel(ctx)
 	done := make(chan error)
@@ -126,7 +139,8 @@ func TestInitialAndUpdates(t *testing.T) {
 	}
 }
 
-// AC-09: with initial reconciles disabled, none on add; updates still come.
+// AC-09: with initial reconciles disabled, none on add, for every watcher
+// whatever its own options say; updates still come.
 func TestDisableInitialReconcile(t *testing.T) {
 	ns := namespace(t)
 	createCM(t, ns, "cm", nil)
@@ -137,8 +151,17 @@ func TestDisableInitialReconcile(t *testing.T) {
 	if err := e.AddWatcher(ctxT(t), w, cmRef(ns, "cm")); err != nil {
 		t.Fatal(err)
 	}
-	if n := b.count(t, w); n != 0 {
-		t.Fatalf("%d reconciles after add with initial disabled, want 0", n)
+	subscribed, queried := watcher("no-initial-subscribe"), watcher("no-initial-query")
+	if err := e.Subscribe(ctxT(t), Subscription{Watcher: subscribed, Watched: []cache.Ref{cmRef(ns, "cm")}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.Query(ctxT(t), queried, WatcherOptions{}, []cache.Ref{cmRef(ns, "cm")}); err != nil {
+		t.Fatal(err)
+	}
+	for _, w := range []cache.Ref{w, subscribed, queried} {
+		if n := b.count(t, w); n != 0 {
+			t.Fatalf("%s: %d reconciles after add with initial disabled, want 0: %+v", w.Name, n, rec.requests(w))
+		}
 	}
 	updateCM(t, ns, "cm", nil)
 	rec.waitFor(t, w, 1)

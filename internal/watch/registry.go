@@ -13,10 +13,11 @@ import (
 )
 
 // AddWatcher adds dependencies to watcher (registering it if new, with
-// default options), keeping the ones it has. It returns once every new
-// dependency is being watched: its list+watch is established, or its kind
-// is not served yet and the watch waits, visibly pending, for its CRD. On
-// any error nothing changes. Requires a running engine and no open batch
+// default options), keeping the ones it has. It returns once every
+// dependency it names is being watched, including one a concurrent call is
+// still adding: its list+watch is established, or its kind is not served
+// yet and the watch waits, visibly pending, for its CRD. On any error
+// nothing changes. Requires a running engine and no open batch
 // for watcher.
 func (e *Engine) AddWatcher(ctx context.Context, watcher cache.Ref, watched ...cache.Ref) error {
 	if len(watched) == 0 {
@@ -83,6 +84,14 @@ type resolved struct {
 // register is AddWatcher, Subscribe, Query, and the batch's Get and List.
 // It returns the watched Refs as registered (namespace cleared for
 // cluster-scoped kinds) with their resources.
+//
+// It returns once every dependency it names is watched, whoever added it:
+// a dependency another call is still registering is waited for too, and
+// if that call fails and rolls it back, this one adds it again itself
+// (a terminal failure of the shared watch is returned to both). A watcher
+// that reads bodies (Objects) also waits for its sources to be full, so
+// that the cache holds more than the metadata-only copies a previous
+// source left.
 func (e *Engine) register(ctx context.Context, watcher cache.Ref, watched []cache.Ref, opts *WatcherOptions, replace bool, batch *Batch) ([]resolved, error) {
 	e.mu.Lock()
 	err := e.checkRunningLocked()
@@ -105,105 +114,184 @@ func (e *Engine) register(ctx context.Context, watcher cache.Ref, watched []cach
 	if opts != nil && opts.Debounce < 0 {
 		return nil, fmt.Errorf("%w: watcher %s: negative debounce %s", ErrInvalidInput, watcher, opts.Debounce)
 	}
-	// Discovery happens before the lock is taken, and before anything
-	// changes, so that a bad kind changes nothing.
-	rs, err := e.resolveAll(ctx, refs)
-	if err != nil {
-		return nil, err
+	c := &registration{e: e, watcher: watcher, opts: opts, batch: batch, addedPending: map[*pair]bool{}}
+	for {
+		// Discovery happens before the lock is taken, and before anything
+		// changes, so that a bad kind changes nothing. It is redone when
+		// the call must start over: a pending kind may be served since.
+		rs, err := e.resolveAll(ctx, refs)
+		if err != nil {
+			e.mu.Lock()
+			c.rollbackLocked()
+			e.mu.Unlock()
+			return nil, err
+		}
+		e.mu.Lock()
+		named, err := c.applyLocked(rs)
+		if err == nil {
+			err = e.waitReadyLocked(ctx, c.ws, named, c.bodies())
+		}
+		if errors.Is(err, errStartOver) {
+			e.mu.Unlock()
+			continue
+		}
+		if err != nil {
+			c.rollbackLocked()
+			e.mu.Unlock()
+			return nil, err
+		}
+		c.confirmLocked()
+		if replace {
+			kinds := map[*kindState]bool{}
+			keep := make(map[*pair]bool, len(named))
+			for _, p := range named {
+				keep[p] = true
+			}
+			for st, p := range c.ws.pairs {
+				if !keep[p] {
+					if st.kind != nil {
+						kinds[st.kind] = true
+					}
+					e.removePairLocked(p)
+				}
+			}
+			for k := range kinds {
+				e.planLocked(k)
+			}
+		}
+		e.mu.Unlock()
+		return rs, nil
 	}
+}
 
-	e.mu.Lock()
+// errStartOver: a dependency the call waited for was dropped by another
+// call (which rolled back, or replaced the watcher's dependencies), or the
+// watcher's options changed under it; the call applies itself again.
+var errStartOver = errors.New("registration changed by a concurrent call")
+
+// registration is the state of one register call, which may apply itself
+// more than once (errStartOver). Guarded by the engine's mutex.
+type registration struct {
+	e       *Engine
+	watcher cache.Ref
+	opts    *WatcherOptions
+	batch   *Batch
+
+	ws *watcherState // the watcher as last applied to
+	// created: this call registered ws.
+	created bool
+	// optsWS, prevOpts and setOpts say which options this call replaced,
+	// to restore them on failure unless a later call changed them again.
+	optsWS            *watcherState
+	prevOpts, setOpts WatcherOptions
+	// added are the pairs this call created; addedPending those of them
+	// created while their kind was not served.
+	added        []*pair
+	addedPending map[*pair]bool
+}
+
+// bodies reports whether the call reads objects' bodies.
+func (c *registration) bodies() bool {
+	return c.batch != nil || (c.opts != nil && c.opts.Objects)
+}
+
+// applyLocked registers the watcher (if needed), sets its options and adds
+// the dependencies it lacks, and returns the pairs for rs, in order.
+func (c *registration) applyLocked(rs []resolved) ([]*pair, error) {
+	e := c.e
 	if err := e.checkRunningLocked(); err != nil {
-		e.mu.Unlock()
 		return nil, err
 	}
-	ws := e.watchers[watcher]
-	if ws != nil && ws.batch != nil && ws.batch != batch {
-		e.mu.Unlock()
-		return nil, fmt.Errorf("%w: %s", ErrBatchInProgress, watcher)
+	ws := e.watchers[c.watcher]
+	if ws != nil && ws.batch != nil && ws.batch != c.batch {
+		return nil, fmt.Errorf("%w: %s", ErrBatchInProgress, c.watcher)
 	}
-	created := ws == nil
-	if created {
-		ws = &watcherState{ref: watcher, pairs: map[*refState]*pair{}}
+	if ws == nil {
+		ws = &watcherState{ref: c.watcher, pairs: map[*refState]*pair{}}
 		ws.opts.NoInitial = e.opts.DisableInitialReconcile
-		e.watchers[watcher] = ws
+		e.watchers[c.watcher] = ws
+		c.created = true
+	} else if ws != c.ws {
+		c.created = false
 	}
-	prevOpts := ws.opts
-	if opts != nil {
-		e.setOptionsLocked(ws, *opts)
+	c.ws = ws
+	want := ws.opts
+	if c.opts != nil {
+		want = *c.opts
 	}
-	if batch != nil && !ws.opts.Objects {
-		e.setOptionsLocked(ws, WatcherOptions{NoInitial: ws.opts.NoInitial, Objects: true, Debounce: ws.opts.Debounce})
+	if c.batch != nil {
+		want.Objects = true
 	}
-	var added []*pair
-	keep := map[*refState]bool{}
+	want.NoInitial = want.NoInitial || e.opts.DisableInitialReconcile
+	if want != ws.opts {
+		if c.optsWS != ws {
+			c.optsWS, c.prevOpts = ws, ws.opts
+		}
+		e.setOptionsLocked(ws, want)
+		c.setOpts = ws.opts
+	}
+	named := make([]*pair, 0, len(rs))
 	kinds := map[*kindState]bool{}
 	for _, r := range rs {
 		st := e.refLocked(r)
-		keep[st] = true
 		if st.kind != nil {
 			kinds[st.kind] = true
 		}
-		if ws.pairs[st] != nil {
-			continue
+		p := ws.pairs[st]
+		if p == nil {
+			p = e.addPairLocked(ws, st)
+			c.added = append(c.added, p)
+			if st.kind == nil {
+				c.addedPending[p] = true
+			}
 		}
-		added = append(added, e.addPairLocked(ws, st))
+		named = append(named, p)
 	}
 	for k := range kinds {
 		e.planLocked(k)
 	}
-	e.mu.Unlock()
+	return named, nil
+}
 
-	err = e.waitReady(ctx, added)
+// rollbackLocked drops the pairs the call added and restores the options
+// it replaced (unless another call set others since).
+func (c *registration) rollbackLocked() {
+	e := c.e
+	kinds := map[*kindState]bool{}
+	for _, p := range c.added {
+		if p.w.pairs[p.r] == p {
+			if p.r.kind != nil {
+				kinds[p.r.kind] = true
+			}
+			e.removePairLocked(p)
+		}
+	}
+	if ws := c.optsWS; ws != nil && e.watchers[c.watcher] == ws && ws.opts == c.setOpts {
+		e.setOptionsLocked(ws, c.prevOpts)
+	}
+	if ws := c.ws; c.created && e.watchers[c.watcher] == ws && len(ws.pairs) == 0 && ws.batch == nil {
+		delete(e.watchers, c.watcher)
+	}
+	for k := range kinds {
+		e.planLocked(k)
+	}
+}
 
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if err == nil {
-		err = e.checkRunningLocked()
-	}
-	if err != nil {
-		// Roll back: drop what this call added, restore the options.
-		kinds := map[*kindState]bool{}
-		for _, p := range added {
-			if ws.pairs[p.r] == p {
-				if p.r.kind != nil {
-					kinds[p.r.kind] = true
-				}
-				e.removePairLocked(p)
-			}
+// confirmLocked marks the pairs the call added as registered and sends
+// their initial reconciles if their scope was listed already; others get
+// them when it is (maybeReadyLocked). A pair added while its kind was not
+// served and since resolved was told of its objects as added
+// (resolvedLocked).
+func (c *registration) confirmLocked() {
+	for _, p := range c.added {
+		if p.w.pairs[p.r] != p {
+			continue // dropped since by another call
 		}
-		if e.watchers[watcher] == ws {
-			e.setOptionsLocked(ws, prevOpts)
-			if created && len(ws.pairs) == 0 && ws.batch == nil {
-				delete(e.watchers, watcher)
-			}
-		}
-		for k := range kinds {
-			e.planLocked(k)
-		}
-		return nil, err
-	}
-	for _, p := range added {
 		p.confirmed = true
-		if !p.waitInitial {
-			e.initialLocked(p)
+		if !p.waitInitial && !c.addedPending[p] {
+			c.e.initialLocked(p)
 		}
 	}
-	if replace {
-		kinds := map[*kindState]bool{}
-		for st, p := range ws.pairs {
-			if !keep[st] {
-				if st.kind != nil {
-					kinds[st.kind] = true
-				}
-				e.removePairLocked(p)
-			}
-		}
-		for k := range kinds {
-			e.planLocked(k)
-		}
-	}
-	return rs, nil
 }
 
 // resolveAll maps each Ref's kind to its resource. A kind that is not
@@ -335,7 +423,10 @@ func (e *Engine) removePairLocked(p *pair) {
 }
 
 // setOptionsLocked changes a watcher's options, keeping body counts right.
+// Options.DisableInitialReconcile holds for every watcher, whatever its
+// NoInitial says.
 func (e *Engine) setOptionsLocked(ws *watcherState, opts WatcherOptions) {
+	opts.NoInitial = opts.NoInitial || e.opts.DisableInitialReconcile
 	if ws.opts.Objects != opts.Objects {
 		kinds := map[*kindState]bool{}
 		for _, p := range ws.pairs {
@@ -358,49 +449,60 @@ func (e *Engine) setOptionsLocked(ws *watcherState, opts WatcherOptions) {
 	ws.opts = opts
 }
 
-// waitReady waits until each pair's ref is watched: a ready source covers
-// it, or its kind is pending. A ref dropped by a terminal failure returns
-// that failure.
-func (e *Engine) waitReady(ctx context.Context, pairs []*pair) error {
+// waitReadyLocked waits until each of the watcher's pairs is watched: a
+// ready source covers its ref (a full one if the watcher reads bodies), or
+// its kind is pending. It is called with e.mu held, and returns with it
+// held, releasing it while it waits. A ref dropped by a terminal failure
+// returns that failure; a pair dropped by another call, or bodies no
+// longer read when the call needs them, return errStartOver. Readiness is
+// checked again before a done ctx is reported, so a call never rolls back
+// a dependency that became ready (another call may have returned on it).
+func (e *Engine) waitReadyLocked(ctx context.Context, ws *watcherState, pairs []*pair, bodies bool) error {
 	for {
-		e.mu.Lock()
 		if err := e.checkRunningLocked(); err != nil {
-			e.mu.Unlock()
 			return err
 		}
 		done := true
-		var err error
 		for _, p := range pairs {
 			if p.r.err != nil {
-				err = p.r.err
-				break
+				return p.r.err
 			}
-			if !e.refReadyLocked(p.r) {
+			if ws.pairs[p.r] != p || e.watchers[ws.ref] != ws {
+				return errStartOver
+			}
+			if !e.pairReadyLocked(p) {
 				done = false
 			}
 		}
-		ch := e.changed
-		e.mu.Unlock()
-		if err != nil {
-			return err
+		if bodies && !ws.opts.Objects {
+			return errStartOver
 		}
 		if done {
 			return nil
 		}
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("waiting for the watch to start: %w", err)
+		}
+		ch := e.changed
+		e.mu.Unlock()
 		select {
 		case <-ch:
 		case <-ctx.Done():
-			return fmt.Errorf("waiting for the watch to start: %w", ctx.Err())
 		}
+		e.mu.Lock()
 	}
 }
 
-func (e *Engine) refReadyLocked(st *refState) bool {
+// pairReadyLocked reports whether a pair's ref is watched: its kind is
+// pending, or a ready source covers it, full if the pair reads bodies (a
+// metadata-only source being replaced leaves metadata-only copies behind).
+func (e *Engine) pairReadyLocked(p *pair) bool {
+	st := p.r
 	if st.kind == nil {
 		return true // pending: accepted
 	}
 	s := st.kind.coveringSource(st.ref.Namespace)
-	return s != nil && s.ready
+	return s != nil && s.ready && (s.full || !p.bodies || e.opts.DisableCache)
 }
 
 // coveringSource is the source whose list+watch includes namespace, if any.

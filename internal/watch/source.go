@@ -221,7 +221,10 @@ func (e *Engine) remove(s *source, obj any) error {
 
 // replace stores a (re)list and reports what differs from what was stored
 // as relisted causes: after a relist only watchers whose view changed are
-// reconciled.
+// reconciled. An object in a namespace no list covered before is new, not
+// relisted: only pairs of a kind that was not served when they were added
+// hear of it (resolvedLocked), as added; the others wait for their initial
+// reconcile.
 func (e *Engine) replace(s *source, list []any) error {
 	objs := make([]*cache.Object, 0, len(list))
 	for _, item := range list {
@@ -236,8 +239,15 @@ func (e *Engine) replace(s *source, list []any) error {
 	if !s.current {
 		return nil
 	}
-	for _, c := range e.store.Replace(s.k.res.GroupVersionResource, s.k.gvk, s.ns, objs) {
-		e.dispatchLocked(s.k, c.Old, c.New, true)
+	gvr := s.k.res.GroupVersionResource
+	covered := map[string]bool{}
+	for _, o := range objs {
+		if _, ok := covered[o.Namespace]; !ok {
+			covered[o.Namespace] = e.store.Covered(gvr, o.Namespace)
+		}
+	}
+	for _, c := range e.store.Replace(gvr, s.k.gvk, s.ns, objs) {
+		e.dispatchLocked(s.k, c.Old, c.New, c.Old != nil || covered[c.New.Namespace])
 	}
 	s.synced = true
 	s.lists++
@@ -248,9 +258,23 @@ func (e *Engine) replace(s *source, list []any) error {
 // observe records the outcome of a list or watch request.
 func (e *Engine) observe(s *source, err error, watchOK bool) {
 	e.mu.Lock()
-	defer e.mu.Unlock()
+	gone := e.observeLocked(s, err, watchOK)
+	e.mu.Unlock()
+	if gone {
+		// Discovery forgets the kind outside the engine's lock: client-go's
+		// DeferredDiscoveryRESTMapper holds its own lock for a whole
+		// discovery fetch, which Invalidate waits for. Only then is the
+		// resolver woken to look for the kind again.
+		e.mapper.Invalidate()
+		e.kickResolver()
+	}
+}
+
+// observeLocked is observe under the lock; it reports whether the kind
+// went away (kindGoneLocked), so that discovery must be invalidated.
+func (e *Engine) observeLocked(s *source, err error, watchOK bool) bool {
 	if !s.current {
-		return
+		return false
 	}
 	if err == nil {
 		if watchOK {
@@ -258,20 +282,21 @@ func (e *Engine) observe(s *source, err error, watchOK bool) {
 			s.err = nil
 			e.maybeReadyLocked(s)
 		}
-		return
+		return false
 	}
 	s.err = err
 	switch {
 	case apierrors.IsForbidden(err) || apierrors.IsUnauthorized(err) || apierrors.IsMethodNotSupported(err):
 		e.sourceForbiddenLocked(s, err)
 	case apierrors.IsNotFound(err):
-		e.kindGoneLocked(s.k, err)
+		return e.kindGoneLocked(s.k, err)
 	default:
 		if s.ready {
 			s.state = StateRestarting
 		}
 		e.log.Debug("list/watch failed; retrying", "resource", s.k.res.GroupVersionResource.String(), "namespace", s.ns, "error", err)
 	}
+	return false
 }
 
 // maybeReadyLocked makes a source active once it has listed and watched,
@@ -345,14 +370,16 @@ func (e *Engine) sourceForbiddenLocked(s *source, err error) {
 // kindGoneLocked handles a resource that is no longer served (its CRD was
 // deleted): every source of it stops, its objects are forgotten, its
 // watchers are reconciled once with OpLost, and its refs wait, pending,
-// for the kind to come back.
-func (e *Engine) kindGoneLocked(k *kindState, err error) {
+// for the kind to come back. It reports whether it did so; the caller
+// then invalidates discovery and wakes the resolver, after unlocking
+// (neither is done here: the pending refs must not be looked up in
+// discovery that still knows the kind).
+func (e *Engine) kindGoneLocked(k *kindState, err error) bool {
 	gvr := k.res.GroupVersionResource
 	if e.kinds[gvr] != k {
-		return
+		return false
 	}
 	e.log.Warn("resource no longer served; its watches wait for it to return", "resource", gvr.String(), "error", err)
-	e.mapper.Invalidate()
 	for _, s := range k.sources {
 		e.stopSourceLocked(s)
 	}
@@ -367,9 +394,10 @@ func (e *Engine) kindGoneLocked(k *kindState, err error) {
 			}
 			p.waitInitial = true
 		}
-		e.addPendingLocked(st)
+		e.pendLocked(st)
 	}
 	e.broadcastLocked()
+	return true
 }
 
 // planLocked starts and stops the sources of a kind to match its refs:
