@@ -15,21 +15,25 @@ import (
 
 // Faults sits in a client's transport, in the process, in front of the real
 // API server: it counts LIST and WATCH requests, and can cut watch streams,
-// refuse new watches (as a server that is down), or answer the next watches
-// with 410 Gone (as after etcd compaction) so that clients must relist.
+// refuse new watches (as a server that is down), answer the next watches
+// with 410 Gone (as after etcd compaction) so that clients must relist, or
+// hold requests back (as a slow server) until released.
 type Faults struct {
 	lists, watches atomic.Int64
+	held           chan string
 
-	mu      sync.Mutex
-	open    map[*trackedBody]struct{}
-	refuse  bool
-	expire  int
-	matchFn func(*http.Request) bool
+	mu       sync.Mutex
+	open     map[*trackedBody]struct{}
+	refuse   bool
+	expire   int
+	matchFn  func(*http.Request) bool
+	holdFn   func(*http.Request) bool
+	released chan struct{}
 }
 
 // NewFaults returns a Faults that passes everything through.
 func NewFaults() *Faults {
-	return &Faults{open: map[*trackedBody]struct{}{}}
+	return &Faults{open: map[*trackedBody]struct{}{}, held: make(chan string, 100)}
 }
 
 // Wrap returns a copy of cfg whose requests go through f.
@@ -93,6 +97,31 @@ func (f *Faults) ExpireWatches(n int) {
 	f.expire = n
 }
 
+// Hold holds back every request (of any kind, Only aside) for which match
+// is true, from now until Release or the request's context ends. A
+// Reflector's first list may be a watch (sendInitialEvents), so match
+// both when a list is meant.
+func (f *Faults) Hold(match func(*http.Request) bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.holdFn = match
+	f.released = make(chan struct{})
+}
+
+// Release lets the held requests, and later ones, through.
+func (f *Faults) Release() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.holdFn != nil {
+		f.holdFn = nil
+		close(f.released)
+	}
+}
+
+// Held receives the path of each request Hold holds, as it is held (the
+// first 100 until received).
+func (f *Faults) Held() <-chan string { return f.held }
+
 type faultTransport struct {
 	f    *Faults
 	next http.RoundTripper
@@ -110,6 +139,20 @@ func (t *faultTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		f.watches.Add(1)
 	case isList:
 		f.lists.Add(1)
+	}
+	f.mu.Lock()
+	hold, released := f.holdFn != nil && f.holdFn(req), f.released
+	f.mu.Unlock()
+	if hold {
+		select {
+		case f.held <- req.URL.Path:
+		default:
+		}
+		select {
+		case <-released:
+		case <-req.Context().Done():
+			return nil, req.Context().Err()
+		}
 	}
 	if !isWatch {
 		return t.next.RoundTrip(req)

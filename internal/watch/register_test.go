@@ -6,7 +6,6 @@ import (
 	"net/http"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -15,79 +14,23 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/rest"
 
 	"github.com/depbridge/depbridge/internal/cache"
+	"github.com/depbridge/depbridge/internal/testenv"
 )
 
-// gate holds back a client's requests that match, while it is closed, until
-// it is opened again or the request's context ends.
-type gate struct {
-	mu     sync.Mutex
-	match  func(*http.Request) bool // nil: open
-	opened chan struct{}
-	held   chan string // the path of each request held, as it is held
+// hold holds back f's requests that match until the test releases them
+// (or ends).
+func hold(t *testing.T, f *testenv.Faults, match func(*http.Request) bool) {
+	f.Hold(match)
+	t.Cleanup(f.Release)
 }
 
-func newGate() *gate {
-	return &gate{held: make(chan string, 100)}
-}
-
-// wrap returns a copy of cfg whose requests go through g.
-func (g *gate) wrap(cfg *rest.Config) *rest.Config {
-	c := rest.CopyConfig(cfg)
-	prev := c.WrapTransport
-	c.WrapTransport = func(rt http.RoundTripper) http.RoundTripper {
-		if prev != nil {
-			rt = prev(rt)
-		}
-		return roundTripperFunc(func(req *http.Request) (*http.Response, error) {
-			g.mu.Lock()
-			hold := g.match != nil && g.match(req)
-			opened := g.opened
-			g.mu.Unlock()
-			if hold {
-				g.held <- req.URL.Path
-				select {
-				case <-opened:
-				case <-req.Context().Done():
-					return nil, req.Context().Err()
-				}
-			}
-			return rt.RoundTrip(req)
-		})
-	}
-	return c
-}
-
-// close holds back the requests match selects from now on; open lets them
-// (and later ones) through. A test that closes g opens it when it ends.
-func (g *gate) close(t *testing.T, match func(*http.Request) bool) {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	g.match = match
-	g.opened = make(chan struct{})
-	t.Cleanup(g.open)
-}
-
-func (g *gate) open() {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if g.match != nil {
-		g.match = nil
-		close(g.opened)
-	}
-}
-
-// heldRequest waits until a request is held.
-func (g *gate) heldRequest(t *testing.T) string {
+// heldRequest waits until f holds a request.
+func heldRequest(t *testing.T, f *testenv.Faults) string {
 	t.Helper()
-	return receive(t, g.held, wait, "no request held")
+	return receive(t, f.Held(), wait, "no request held")
 }
-
-type roundTripperFunc func(*http.Request) (*http.Response, error)
-
-func (f roundTripperFunc) RoundTrip(req *http.Request) (*http.Response, error) { return f(req) }
 
 // isCollection: a LIST or WATCH of resource in namespace ns (a Reflector
 // lists through a watch, sendInitialEvents, when the server allows it).
@@ -135,8 +78,8 @@ func TestQueryAfterSubscribeReturnsBodies(t *testing.T) {
 func TestConcurrentGetsShareTheWait(t *testing.T) {
 	ns := namespace(t)
 	createCM(t, ns, "cm", nil)
-	g := newGate()
-	e := startEngine(t, g.wrap(integration(t).Config), newRecorder(), Options{})
+	g := testenv.NewFaults()
+	e := startEngine(t, g.Wrap(integration(t).Config), newRecorder(), Options{})
 	b, err := e.StartBatch(watcher("gets"))
 	if err != nil {
 		t.Fatal(err)
@@ -155,11 +98,11 @@ func TestConcurrentGetsShareTheWait(t *testing.T) {
 		}()
 		return ch
 	}
-	g.close(t, isCollection(ns, "configmaps"))
+	hold(t, g, isCollection(ns, "configmaps"))
 	firstCtx, cancelFirst := context.WithCancel(ctxT(t))
 	defer cancelFirst()
 	first := get(firstCtx)
-	g.heldRequest(t) // the first Get registered the object and listens
+	heldRequest(t, g) // the first Get registered the object and listens
 	second := get(ctxT(t))
 	select {
 	case r := <-second:
@@ -177,7 +120,7 @@ func TestConcurrentGetsShareTheWait(t *testing.T) {
 	case <-time.After(300 * time.Millisecond):
 	}
 	third := get(ctxT(t))
-	g.open()
+	g.Release()
 	for name, ch := range map[string]chan result{"second": second, "third": third} {
 		r := receive(t, ch, wait, name+" Get did not return")
 		if r.err != nil || r.o == nil || !hasData(r.o) {
@@ -196,20 +139,20 @@ func TestConcurrentAddsShareTheFailure(t *testing.T) {
 	createCM(t, ns, "cm", nil)
 	user := "nowatch-" + ns
 	grant(t, user, ns, "get", "list")
-	g := newGate()
-	e := startEngine(t, g.wrap(userConfig(t, user)), newRecorder(), Options{})
+	g := testenv.NewFaults()
+	e := startEngine(t, g.Wrap(userConfig(t, user)), newRecorder(), Options{})
 	w := watcher("concurrent-adds")
-	g.close(t, isCollection(ns, "configmaps"))
+	hold(t, g, isCollection(ns, "configmaps"))
 	errs := make(chan error, 2)
 	go func() { errs <- e.AddWatcher(ctxT(t), w, cmRef(ns, "cm")) }()
-	g.heldRequest(t)
+	heldRequest(t, g)
 	go func() { errs <- e.AddWatcher(ctxT(t), w, cmRef(ns, "cm")) }()
 	select {
 	case err := <-errs:
 		t.Fatalf("an AddWatcher returned %v before the list", err)
 	case <-time.After(300 * time.Millisecond):
 	}
-	g.open()
+	g.Release()
 	for range 2 {
 		if err := receive(t, errs, wait, "AddWatcher did not return"); !apierrors.IsForbidden(err) {
 			t.Fatalf("AddWatcher: err = %v, want Forbidden", err)
@@ -229,9 +172,9 @@ func TestPendingKindReportsObjectsAsAdded(t *testing.T) {
 	dyn := dynamic.NewForConfigOrDie(integration(t).Config)
 	group := "t" + randSuffix() + ".example.com"
 	widgets := schema.GroupVersionResource{Group: group, Version: "v1", Resource: "widgets"}
-	g := newGate()
+	g := testenv.NewFaults()
 	rec := newRecorder()
-	e := startEngine(t, g.wrap(integration(t).Config), rec, Options{})
+	e := startEngine(t, g.Wrap(integration(t).Config), rec, Options{})
 	quiet, loud := watcher("pending-noinitial"), watcher("pending-initial")
 	ref := cache.Ref{Group: group, Version: "v1", Kind: "Widget", Namespace: ns, Name: "w1"}
 	if err := e.Subscribe(ctxT(t), Subscription{Watcher: quiet, Watched: []cache.Ref{ref}, Options: WatcherOptions{NoInitial: true}}); err != nil {
@@ -249,12 +192,12 @@ func TestPendingKindReportsObjectsAsAdded(t *testing.T) {
 	// that list.
 	installAndCreate := func() *unstructured.Unstructured {
 		t.Helper()
-		g.close(t, isCollection(ns, "widgets"))
+		hold(t, g, isCollection(ns, "widgets"))
 		eventually(t, "the CRD is created", func() bool {
 			_, err := dyn.Resource(crdGVR).Create(ctx, widgetCRD(group), metav1.CreateOptions{})
 			return err == nil
 		})
-		g.heldRequest(t)
+		heldRequest(t, g)
 		var created *unstructured.Unstructured
 		eventually(t, "the widget is created", func() bool {
 			var err error
@@ -262,7 +205,7 @@ func TestPendingKindReportsObjectsAsAdded(t *testing.T) {
 				"apiVersion": group + "/v1", "kind": "Widget", "metadata": map[string]any{"name": "w1", "namespace": ns}}}, metav1.CreateOptions{})
 			return err == nil
 		})
-		g.open()
+		g.Release()
 		return created
 	}
 	// check: each watcher's next request after its before first ones says
@@ -307,10 +250,10 @@ func TestKindGoneDoesNotWaitForDiscovery(t *testing.T) {
 	t.Cleanup(func() {
 		_ = dyn.Resource(crdGVR).Delete(context.Background(), "widgets."+group, metav1.DeleteOptions{})
 	})
-	g := newGate()
+	g := testenv.NewFaults()
 	rec := newRecorder()
 	// Every lookup of an unknown kind refetches discovery.
-	e := startEngine(t, g.wrap(integration(t).Config), rec, Options{Mapper: cache.MapperOptions{MinRefresh: time.Nanosecond}})
+	e := startEngine(t, g.Wrap(integration(t).Config), rec, Options{Mapper: cache.MapperOptions{MinRefresh: time.Nanosecond}})
 	w := watcher("kind-gone")
 	ref := cache.Ref{Group: group, Version: "v1", Kind: "Widget", Namespace: ns, Selector: "*"}
 	eventually(t, "the widget kind is watched", func() bool {
@@ -322,15 +265,15 @@ func TestKindGoneDoesNotWaitForDiscovery(t *testing.T) {
 
 	// Hold discovery (/api, /apis, /api/v1, /apis/group/version), and start
 	// a lookup that must fetch it: it holds the mapper's lock until the
-	// gate opens.
-	g.close(t, func(req *http.Request) bool {
+	// faults release it.
+	hold(t, g, func(req *http.Request) bool {
 		parts := strings.Split(strings.Trim(req.URL.Path, "/"), "/")
 		return (parts[0] == "api" && len(parts) <= 2) || (parts[0] == "apis" && len(parts) <= 3)
 	})
 	go func() {
 		_, _ = e.Resource(ctx, schema.GroupVersionKind{Group: "none-" + group, Version: "v1", Kind: "Nothing"})
 	}()
-	g.heldRequest(t)
+	heldRequest(t, g)
 
 	if err := dyn.Resource(crdGVR).Delete(ctx, "widgets."+group, metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
