@@ -384,6 +384,9 @@ func (b *Bridge) readiness() []string {
 		default:
 			problems = append(problems, "control channel: restoring run-time subscriptions")
 		}
+		for _, f := range ctl.Failures() {
+			problems = append(problems, "control channel: run-time subscription "+f)
+		}
 	}
 	return problems
 }

@@ -21,6 +21,14 @@
 //     compacted Kafka topic keyed by watcher). At start the transport
 //     replays them, in order, before Synced is closed: the program reports
 //     ready only then. Replayed messages get no status and no reply again.
+//   - A replay that fails for a while is retried. A replayed message that
+//     fails for a reason that may pass (anything but the final rejections:
+//     too large, unsupported, invalid, denied, owned) is neither rejected
+//     nor counted: it is handled again with backoff (1s doubling to 30s),
+//     in order with its watcher's messages, until it is carried out
+//     (counted once, as accepted) or a newer message of its watcher
+//     replaces it. Failures lists it meanwhile, and the program is not
+//     ready.
 //   - A bad message changes nothing. A malformed, oversized, unsupported,
 //     policy-denied or otherwise rejected message leaves the subscriptions
 //     as they were, gets a status event saying why (when it can be

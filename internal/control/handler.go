@@ -188,22 +188,34 @@ func (p *processor) handle(ctx context.Context, req *Request) (st *StatusData, e
 	return st, err
 }
 
+// final reports whether err is a rejection that does not depend on when
+// the message is handled (decoding, policy, ownership): handling the
+// message again would fail the same way. Other errors (discovery, a
+// timeout, RBAC not bound yet, the API server unavailable) may pass.
+func final(err error) bool {
+	for _, f := range []error{ErrTooLarge, ErrUnsupported, ErrInvalid, ErrDenied, ErrOwned} {
+		if errors.Is(err, f) {
+			return true
+		}
+	}
+	return false
+}
+
 // interrupted reports whether err, the outcome of handling a message under
 // the run context ctx, is due to the channel stopping rather than to the
-// message: ctx is done, and err is not one of the rejections that do not
-// depend on it (decoding, policy, ownership). Such a message was not
+// message: ctx is done, and err is not final. Such a message was not
 // carried out, and the transports leave it on the bus for the next start:
 // no status (which would say it was rejected), no undo, no count.
 func interrupted(ctx context.Context, err error) bool {
-	if err == nil || ctx.Err() == nil {
-		return false
-	}
-	for _, final := range []error{ErrTooLarge, ErrUnsupported, ErrInvalid, ErrDenied, ErrOwned} {
-		if errors.Is(err, final) {
-			return false
-		}
-	}
-	return true
+	return err != nil && ctx.Err() != nil && !final(err)
+}
+
+// retried reports whether err, the outcome of handling a message, is
+// one to retry: the message was replayed (no one waits for its status,
+// and it is its watcher's last message) and err is not final. See
+// retrySet.
+func retried(replay bool, err error) bool {
+	return replay && err != nil && !final(err)
 }
 
 // rejected is the status of a message rejected before it was carried

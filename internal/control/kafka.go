@@ -47,9 +47,13 @@ const kafkaFetchMaxBytes = 10 << 20
 // At start every partition is read from its first offset to its high
 // watermark; the last record of each key is handled (in partition order of
 // those last records), with no status events, and Synced is closed once
-// all are. Then new records are handled as they come, and each gets a
-// status event on StatusTopic, keyed by its watcher, with the request's id
-// in the correlationid extension; a query's status carries its results.
+// all are handled once. A replayed record that failed for a reason that
+// may pass (not a rejection of the record itself) is retried with backoff
+// until it is carried out or a newer record of its key replaces it;
+// Failures reports it meanwhile. Then new records are handled as they
+// come, and each gets a status event on StatusTopic, keyed by its
+// watcher, with the request's id in the correlationid extension; a
+// query's status carries its results.
 // No consumer group is used: the bridge reads everything, commits nothing.
 //
 // A rejected record changes nothing, and the topic is put back as it was:
@@ -58,12 +62,13 @@ const kafkaFetchMaxBytes = 10 << 20
 // there is none, a tombstone; either unless a newer record of the key has
 // already been read.
 type Kafka struct {
-	ctl    config.Control
-	kcfg   config.Kafka
-	opts   Options
-	proc   *processor
-	log    *slog.Logger
-	replay *replayTracker
+	ctl     config.Control
+	kcfg    config.Kafka
+	opts    Options
+	proc    *processor
+	log     *slog.Logger
+	replay  *replayTracker
+	retries *retrySet
 
 	topic, statusTopic string
 	started            atomic.Bool
@@ -103,6 +108,7 @@ func NewKafka(ctl config.Control, kcfg config.Kafka, subs Subscriptions, opts Op
 		proc:        newProcessor(ctl, subs, opts),
 		log:         log,
 		replay:      newReplayTracker(1), // Start adds one per partition
+		retries:     newRetrySet(log),
 		topic:       ctl.Subject,
 		statusTopic: StatusTopic(ctl.Subject),
 		known:       map[string]cache.Ref{},
@@ -117,6 +123,12 @@ func NewKafka(ctl config.Control, kcfg config.Kafka, subs Subscriptions, opts Op
 // restored. Report ready only then.
 // It is never closed when Start fails or stops before.
 func (t *Kafka) Synced() <-chan struct{} { return t.replay.synced }
+
+// Failures describes the replayed records that failed for a reason that
+// may pass and wait for a retry, one "<watcher>: <error>" each: their
+// run-time subscriptions are not restored yet. Report ready only when
+// there are none.
+func (t *Kafka) Failures() []string { return t.retries.failures() }
 
 // Start checks (or creates, unless Options.NoCreate) the control and
 // status topics, replays the control topic, and handles new records until
@@ -175,6 +187,7 @@ func (t *Kafka) Start(ctx context.Context) error {
 	for range t.opts.Workers {
 		wg.Go(func() { ser.run(runCtx) })
 	}
+	wg.Go(func() { t.retries.run(runCtx, ser) })
 	t.replay.addReaders(len(offsets))
 	for _, o := range offsets {
 		wg.Go(func() { t.read(runCtx, dialer, o, ser) })
@@ -267,7 +280,7 @@ func (t *Kafka) read(ctx context.Context, dialer *kafka.Dialer, pr kafkatopic.Ra
 			t.replay.add()
 			err := ser.add(ctx, k, func(ctx context.Context) {
 				defer t.replay.handled()
-				t.process(ctx, m, true)
+				t.retries.handle(ctx, k, func(ctx context.Context) *transient { return t.process(ctx, m, true) })
 			})
 			if err != nil {
 				t.replay.handled()
@@ -281,7 +294,11 @@ func (t *Kafka) read(ctx context.Context, dialer *kafka.Dialer, pr kafkatopic.Ra
 		if !ok {
 			return
 		}
-		if ser.add(ctx, string(m.Key), func(ctx context.Context) { t.process(ctx, m, false) }) != nil {
+		k := string(m.Key)
+		fn := func(ctx context.Context) {
+			t.retries.handle(ctx, k, func(ctx context.Context) *transient { return t.process(ctx, m, false) })
+		}
+		if ser.add(ctx, k, fn) != nil {
 			return
 		}
 	}
@@ -290,8 +307,9 @@ func (t *Kafka) read(ctx context.Context, dialer *kafka.Dialer, pr kafkatopic.Ra
 // process handles one record: a tombstone deletes the watcher last known
 // under its key; anything else is decoded, checked and carried out. Then
 // it answers (unless replayed or restored) and puts the topic back after a
-// rejection.
-func (t *Kafka) process(ctx context.Context, m kafka.Message, replay bool) {
+// rejection. A replayed record that fails for a reason that may pass is
+// neither rejected nor counted: process returns it for retry.
+func (t *Kafka) process(ctx context.Context, m kafka.Message, replay bool) *transient {
 	start := time.Now()
 	key := string(m.Key)
 	restored := kafkaHeader(m, hdrRestoredKafka) != ""
@@ -332,7 +350,13 @@ func (t *Kafka) process(ctx context.Context, m kafka.Message, replay bool) {
 		// Not carried out: it stays its key's last record, and the replay
 		// at the next start handles it.
 		log.Info("control message not handled: the control channel is stopping; it will be handled at the next start", "err", err)
-		return
+		return nil
+	}
+	if retried(replay, err) {
+		// Its subscription is not restored; the retry set handles it
+		// again, and counts it once it is carried out.
+		log.Warn("replayed control message failed; retrying", "err", err)
+		return &transient{watcher: key, err: err}
 	}
 	typ := ""
 	if req != nil {
@@ -358,9 +382,10 @@ func (t *Kafka) process(ctx context.Context, m kafka.Message, replay bool) {
 		t.mu.Unlock()
 	}
 	if replay || restored {
-		return
+		return nil
 	}
 	t.publishStatus(ctx, req, st, key)
+	return nil
 }
 
 // undo puts the topic back as it was before the rejected record m: the

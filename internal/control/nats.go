@@ -43,9 +43,13 @@ const queueGroup = "depbridge-control"
 // each subject; each watcher has one subject (WatcherSubject), and a
 // message on another watcher's subject is rejected. At start the stream is
 // replayed from its first message, in order, with no status events; Synced
-// is closed once every message that was there has been handled. Then new
-// messages are handled as they come, and each gets a status event on
-// StatusSubject, and on its replyto extension when it has one.
+// is closed once every message that was there has been handled once. A
+// replayed message that failed for a reason that may pass (not a
+// rejection of the message itself) is retried with backoff until it is
+// carried out or a newer message of its watcher replaces it; Failures
+// reports it meanwhile. Then new messages are handled as they come, and
+// each gets a status event on StatusSubject, and on its replyto extension
+// when it has one.
 //
 // Queries are also served as core-NATS requests on QuerySubject (a subject
 // no stream may capture, or JetStream would answer them): the bridge
@@ -62,12 +66,13 @@ const queueGroup = "depbridge-control"
 // stored like any message: it stays the last message of its subject, and
 // replaying it removes nothing.
 type NATS struct {
-	ctl    config.Control
-	conn   config.NATSConn
-	opts   Options
-	proc   *processor
-	log    *slog.Logger
-	replay *replayTracker
+	ctl     config.Control
+	conn    config.NATSConn
+	opts    Options
+	proc    *processor
+	log     *slog.Logger
+	replay  *replayTracker
+	retries *retrySet
 
 	filter, querySubject string
 	started              atomic.Bool
@@ -109,6 +114,7 @@ func NewNATS(ctl config.Control, conn config.NATSConn, subs Subscriptions, opts 
 		proc:         newProcessor(ctl, subs, opts),
 		log:          log,
 		replay:       newReplayTracker(1),
+		retries:      newRetrySet(log),
 		filter:       ctl.Subject + ".watcher.>",
 		querySubject: QuerySubject(ctl.Subject),
 		lastGood:     map[string]*nats.Msg{},
@@ -121,6 +127,12 @@ func NewNATS(ctl config.Control, conn config.NATSConn, subs Subscriptions, opts 
 // then.
 // It is never closed when Start fails or stops before.
 func (t *NATS) Synced() <-chan struct{} { return t.replay.synced }
+
+// Failures describes the replayed messages that failed for a reason that
+// may pass and wait for a retry, one "<watcher>: <error>" each: their
+// run-time subscriptions are not restored yet. Report ready only when
+// there are none.
+func (t *NATS) Failures() []string { return t.retries.failures() }
 
 // Start connects, creates or updates the stream (unless Options.NoCreate),
 // replays it, serves queries once synced, and handles new messages until
@@ -188,6 +200,7 @@ func (t *NATS) Start(ctx context.Context) error {
 	for range t.opts.Workers {
 		wg.Go(func() { ser.run(runCtx) })
 	}
+	wg.Go(func() { t.retries.run(runCtx, ser) })
 	wg.Go(func() { t.read(runCtx, cons, ser, bootLast) })
 	wg.Go(func() { t.serveQueries(runCtx, queries) })
 
@@ -327,7 +340,7 @@ func (t *NATS) read(ctx context.Context, cons jetstream.Consumer, ser *serialize
 			if replay {
 				defer t.replay.handled()
 			}
-			t.process(ctx, m, seq, replay)
+			t.retries.handle(ctx, m.Subject, func(ctx context.Context) *transient { return t.process(ctx, m, seq, replay) })
 		})
 		if err != nil {
 			if replay {
@@ -343,8 +356,9 @@ func (t *NATS) read(ctx context.Context, cons jetstream.Consumer, ser *serialize
 
 // process handles one stored message: decode, check, carry out, answer
 // (unless replayed or restored), and put the stream back after a
-// rejection.
-func (t *NATS) process(ctx context.Context, m *nats.Msg, seq uint64, replay bool) {
+// rejection. A replayed message that fails for a reason that may pass is
+// neither rejected nor counted: process returns it for retry.
+func (t *NATS) process(ctx context.Context, m *nats.Msg, seq uint64, replay bool) *transient {
 	start := time.Now()
 	restored := m.Header.Get(hdrRestored) != ""
 	var w *waiter
@@ -376,7 +390,17 @@ func (t *NATS) process(ctx context.Context, m *nats.Msg, seq uint64, replay bool
 		// Not carried out: it stays the subject's last message, and the
 		// replay at the next start handles it.
 		log.Info("control message not handled: the control channel is stopping; it will be handled at the next start", "err", err)
-		return
+		return nil
+	}
+	if retried(replay, err) {
+		// Its subscription is not restored; the retry set handles it
+		// again, and counts it once it is carried out.
+		log.Warn("replayed control message failed; retrying", "err", err)
+		watcher := m.Subject
+		if req != nil {
+			watcher = req.Watcher.Key()
+		}
+		return &transient{watcher: watcher, err: err}
 	}
 	typ := ""
 	if req != nil {
@@ -397,7 +421,7 @@ func (t *NATS) process(ctx context.Context, m *nats.Msg, seq uint64, replay bool
 		t.mu.Unlock()
 	}
 	if replay || restored {
-		return
+		return nil
 	}
 	dests := []string{t.ctl.Subject + ".status." + strings.TrimPrefix(m.Subject, t.ctl.Subject+".watcher.")}
 	if req != nil && req.ReplyTo != "" && t.checkReplyTo(req.ReplyTo) == nil {
@@ -407,6 +431,7 @@ func (t *NATS) process(ctx context.Context, m *nats.Msg, seq uint64, replay bool
 		dests = append(dests, w.inbox)
 	}
 	t.publishStatus(ctx, req, st, dests)
+	return nil
 }
 
 // undo puts the stream back as it was before the rejected message m (at

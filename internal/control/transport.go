@@ -13,8 +13,12 @@ type Transport interface {
 	// Kafka.Start.
 	Start(ctx context.Context) error
 	// Synced is closed once the run-time subscriptions stored on the bus
-	// are restored.
+	// have each been handled once.
 	Synced() <-chan struct{}
+	// Failures describes the stored run-time subscriptions that failed to
+	// be restored for a reason that may pass and are being retried, one
+	// "<watcher>: <error>" each; none once all are restored.
+	Failures() []string
 }
 
 // New returns the control channel ctl over sinkCfg, the sink ctl.Sink
