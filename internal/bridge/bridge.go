@@ -207,7 +207,7 @@ func (b *Bridge) run(ctx context.Context) error {
 
 	subs := newSubscriptions(nil, routes, b.log)
 	if cp != nil {
-		subs.forget = cp.Forget
+		subs.forget, subs.persist = cp.Forget, cp.Flush
 	} else {
 		subs.resyncPending = true
 	}

@@ -22,6 +22,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/depbridge/depbridge/internal/cache"
 	"github.com/depbridge/depbridge/internal/config"
 	"github.com/depbridge/depbridge/internal/event"
 	"github.com/depbridge/depbridge/internal/sink"
@@ -516,6 +517,52 @@ func TestLeaderFailsAndReleases(t *testing.T) {
 	}
 	if h := l.Spec.HolderIdentity; h != nil && *h != "" {
 		t.Fatalf("lease held by %q after the bridge failed, want it released", *h)
+	}
+}
+
+// A subscription registered without an initial reconcile starts from a
+// baseline: its record is written before the bridge reports it registered
+// (ready at start, or an accepted control message), not only at the
+// checkpoint store's next interval (an hour here), or a bridge stopped
+// meanwhile would lose what changed before it restarted.
+func TestBaselineWrittenBeforeReady(t *testing.T) {
+	broker, _, _ := testenv.StartNATSStream(t, jetstream.StreamConfig{Name: "BL", Subjects: []string{"bl.>"}})
+	ns := namespace(t)
+	cs := kubernetes.NewForConfigOrDie(env.Config)
+	for _, name := range []string{"a", "b"} {
+		if _, err := cs.CoreV1().ConfigMaps(ns).Create(context.Background(), &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cpPath := filepath.Join(t.TempDir(), "cp.json")
+	r := start(t, fmt.Sprintf(`
+sinks: [{name: js, jetstream: {url: %q}}]
+routes: [{name: default, sink: js, subject: "bl.{{.Name}}"}]
+checkpoint: {file: {path: %q}, interval: 1h}
+subscriptions:
+  - watcher: {version: v1, kind: ConfigMap, namespace: fn, name: from-file}
+    watched: [{version: v1, kind: ConfigMap, namespace: %s, name: a}]
+    initialReconcile: false
+`, broker.URL(), cpPath, ns))
+	recorded := func(w string) bool {
+		b, err := os.ReadFile(cpPath)
+		return err == nil && strings.Contains(string(b), `"v1/ConfigMap/fn/`+w+`"`)
+	}
+	if !recorded("from-file") {
+		t.Error("the file's subscription has no record once the bridge started")
+	}
+	no := false
+	err := r.b.subs.Apply(context.Background(), config.Subscription{
+		Watcher:          cache.Ref{Version: "v1", Kind: "ConfigMap", Namespace: "fn", Name: "from-control"},
+		Watched:          []cache.Ref{{Version: "v1", Kind: "ConfigMap", Namespace: ns, Name: "b"}},
+		Route:            "default",
+		InitialReconcile: &no,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !recorded("from-control") {
+		t.Error("the control channel's subscription has no record once applied")
 	}
 }
 

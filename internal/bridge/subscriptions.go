@@ -60,6 +60,9 @@ type subscriptions struct {
 	// forget, if set, is told of every watcher removed (its checkpoint
 	// record goes).
 	forget func(cache.Ref)
+	// persist, if set, writes the checkpoint records changed so far (see
+	// persistNew).
+	persist func(context.Context) error
 	// resyncPending: the bridge keeps no checkpoints and has not sent its
 	// start-up resync yet (guarded by regMu).
 	resyncPending bool
@@ -239,6 +242,7 @@ func (s *subscriptions) setFile(ctx context.Context, subs []config.Subscription)
 		}
 		s.registerFile(ctx, sub)
 	}
+	s.persistNew(ctx)
 }
 
 func (s *subscriptions) registerFile(ctx context.Context, sub config.Subscription) {
@@ -273,6 +277,9 @@ func (s *subscriptions) retryFailed(ctx context.Context) {
 		for _, f := range retry {
 			s.registerFile(ctx, f.sub)
 		}
+		if len(retry) > 0 {
+			s.persistNew(ctx)
+		}
 		s.regMu.Unlock()
 		if len(retry) == 0 {
 			delay = time.Second
@@ -306,7 +313,29 @@ func (s *subscriptions) Apply(ctx context.Context, sub config.Subscription) erro
 	if err := s.notOwned(sub.Watcher); err != nil {
 		return err
 	}
-	return invalid(s.register(ctx, sub, fromControl))
+	if err := s.register(ctx, sub, fromControl); err != nil {
+		return invalid(err)
+	}
+	s.persistNew(ctx)
+	return nil
+}
+
+// persistNew writes the checkpoint records of subscriptions just
+// registered, before they are reported registered (the control channel's
+// status, readiness at start). A watcher registered without an initial
+// reconcile starts from a baseline, the state of its dependencies then,
+// which the checkpoint store otherwise writes only at its next interval:
+// a bridge stopped before that would restart with no record of the
+// watcher, take a new baseline, and never tell it what changed in
+// between. A failed write is logged, not returned: the subscription is
+// registered, and the store writes the record at its next interval.
+func (s *subscriptions) persistNew(ctx context.Context) {
+	if s.persist == nil {
+		return
+	}
+	if err := s.persist(ctx); err != nil {
+		s.log.Warn("checkpoint write after registering subscriptions failed; retried at the checkpoint interval", "error", err)
+	}
 }
 
 // Delete removes a run-time subscription; an unknown watcher is fine.
@@ -349,6 +378,7 @@ func (s *subscriptions) Query(ctx context.Context, w cache.Ref, route string, in
 	if err != nil {
 		return nil, invalid(err)
 	}
+	s.persistNew(ctx)
 	return res, nil
 }
 

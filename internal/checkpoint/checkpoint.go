@@ -16,6 +16,12 @@
 // "may have been told", and waits for the write: the one case where
 // recording delays delivery. A restart tells the watcher such objects are
 // gone if they are.
+//
+// A baseline (what a dependency registered without a request starts from)
+// is the other record whose loss would lose changes: with no record, a
+// restart starts from the state then. Baseline never blocks, so the caller
+// that registers subscriptions calls Flush before it reports them
+// registered (the bridge does).
 package checkpoint
 
 import (
