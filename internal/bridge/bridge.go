@@ -207,7 +207,7 @@ func (b *Bridge) run(ctx context.Context) error {
 
 	subs := newSubscriptions(nil, routes, b.log)
 	if cp != nil {
-		subs.forget, subs.persist = cp.Forget, cp.Flush
+		subs.persist = cp.Flush
 	} else {
 		subs.resyncPending = true
 	}
@@ -218,6 +218,12 @@ func (b *Bridge) run(ctx context.Context) error {
 	})
 	if err != nil {
 		return err
+	}
+	subs.forget = func(w cache.Ref) {
+		rec.Forget(w)
+		if cp != nil {
+			cp.Forget(w)
+		}
 	}
 	engine, err = watch.New(b.opts.REST, rec, watch.Options{Logger: b.log, Workers: cfg.Engine.Workers, MaxInFlight: cfg.Engine.MaxInFlight, QueueMetrics: queueMetrics,
 		Checkpoint: checkpointer})

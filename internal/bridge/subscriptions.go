@@ -58,7 +58,7 @@ type subscriptions struct {
 	timeout time.Duration
 
 	// forget, if set, is told of every watcher removed (its checkpoint
-	// record goes).
+	// record and what the publisher keeps of it go).
 	forget func(cache.Ref)
 	// persist, if set, writes the checkpoint records changed so far (see
 	// persistNew).

@@ -176,6 +176,11 @@ func (r *Reconciler) prepare(req watch.Request, key string, route *sink.Route) (
 	return e, t, nil
 }
 
+// Forget drops what the reconciler keeps of watcher w (whether its last
+// publish failed), once w has no subscription any more: a watcher added
+// again later starts afresh.
+func (r *Reconciler) Forget(w cache.Ref) { r.setFailing(w.Key(), false) }
+
 func (r *Reconciler) isFailing(key string) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()

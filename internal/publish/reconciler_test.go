@@ -145,6 +145,25 @@ func TestReconcileRetriesUntilAcked(t *testing.T) {
 	}
 }
 
+// A watcher removed after a failed publish is forgotten: added again, its
+// first publish is not a retry.
+func TestForgetRemovedWatcher(t *testing.T) {
+	rec := &recorder{fail: []error{errors.New("nats: timeout")}}
+	route := newRoute(t, config.Route{Name: "r"}, rec)
+	m, _ := NewMetrics(prometheus.NewRegistry())
+	p, _ := New(Options{Router: RouterFunc(func(cache.Ref) (*sink.Route, error) { return route, nil }), Metrics: m})
+	if _, err := p.Reconcile(context.Background(), request()); err == nil {
+		t.Fatal("the first publish should fail")
+	}
+	p.Forget(watcher)
+	if _, err := p.Reconcile(context.Background(), request()); err != nil {
+		t.Fatal(err)
+	}
+	if got := testutil.ToFloat64(m.retries.WithLabelValues("bus")); got != 0 {
+		t.Errorf("retries = %v for the first publish after the watcher was forgotten, want 0", got)
+	}
+}
+
 func TestReconcileObjects(t *testing.T) {
 	secret := &unstructured.Unstructured{Object: map[string]any{
 		"apiVersion": "v1", "kind": "Secret", "metadata": map[string]any{"name": "db"}, "data": map[string]any{"pw": "c2VjcmV0"},
