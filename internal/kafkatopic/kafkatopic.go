@@ -92,31 +92,49 @@ func hint(s Spec) string {
 	return ""
 }
 
-// checkCompacted fails unless the topic's cleanup.policy includes compact:
-// with delete alone, what the bridge keeps there would expire with the
-// topic's retention.
+// checkCompacted fails unless the topic keeps the last record of every key
+// for ever: cleanup.policy=compact, or compact,delete with neither time nor
+// size retention (retention.ms and retention.bytes -1). With delete, what
+// the bridge keeps there would expire with the topic's retention.
 func checkCompacted(ctx context.Context, client *kafka.Client, topic string) error {
 	resp, err := client.DescribeConfigs(ctx, &kafka.DescribeConfigsRequest{Resources: []kafka.DescribeConfigRequestResource{{
-		ResourceType: kafka.ResourceTypeTopic, ResourceName: topic, ConfigNames: []string{"cleanup.policy"},
+		ResourceType: kafka.ResourceTypeTopic, ResourceName: topic, ConfigNames: []string{"cleanup.policy", "retention.ms", "retention.bytes"},
 	}}})
 	if err != nil {
 		return fmt.Errorf("describe topic %q: %w", topic, err)
 	}
+	configs := map[string]string{}
 	for _, r := range resp.Resources {
 		if r.Error != nil {
 			return fmt.Errorf("describe topic %q: %w", topic, r.Error)
 		}
 		for _, c := range r.ConfigEntries {
-			if c.ConfigName == "cleanup.policy" {
-				if !strings.Contains(c.ConfigValue, "compact") {
-					return fmt.Errorf("topic %q has cleanup.policy=%s; it must be compacted (cleanup.policy=compact), "+
-						"or what the bridge keeps in it expires with its retention", topic, c.ConfigValue)
-				}
-				return nil
-			}
+			configs[c.ConfigName] = c.ConfigValue
 		}
 	}
-	return fmt.Errorf("topic %q: cleanup.policy not reported", topic)
+	policy, ok := configs["cleanup.policy"]
+	if !ok {
+		return fmt.Errorf("topic %q: cleanup.policy not reported", topic)
+	}
+	var compact, del bool
+	for p := range strings.SplitSeq(policy, ",") {
+		switch strings.TrimSpace(p) {
+		case "compact":
+			compact = true
+		case "delete":
+			del = true
+		}
+	}
+	switch {
+	case !compact:
+		return fmt.Errorf("topic %q has cleanup.policy=%s; it must be compacted (cleanup.policy=compact), "+
+			"or what the bridge keeps in it expires with its retention", topic, policy)
+	case del && (configs["retention.ms"] != "-1" || configs["retention.bytes"] != "-1"):
+		return fmt.Errorf("topic %q has cleanup.policy=%s with retention.ms=%s and retention.bytes=%s; it must be compacted "+
+			"only (cleanup.policy=compact), or what the bridge keeps in it expires with its retention",
+			topic, policy, configs["retention.ms"], configs["retention.bytes"])
+	}
+	return nil
 }
 
 // Partitions returns a topic's partitions, waiting (until ctx is done)

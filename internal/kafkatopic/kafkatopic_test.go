@@ -1,0 +1,56 @@
+package kafkatopic
+
+import (
+	"context"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+	"github.com/twmb/franz-go/pkg/kfake"
+)
+
+// A compacted topic must keep the last record of every key for ever:
+// compact, or compact,delete with no retention; anything that deletes by
+// time or size is refused, saying why.
+func TestEnsureChecksCompaction(t *testing.T) {
+	c, err := kfake.NewCluster(kfake.NumBrokers(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	client := &kafka.Client{Addr: kafka.TCP(c.ListenAddrs()...), Timeout: 10 * time.Second}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	for name, tt := range map[string]struct {
+		configs map[string]string
+		want    string // "" for no error
+	}{
+		"compact":                  {configs: map[string]string{"cleanup.policy": "compact"}},
+		"compact,delete, kept":     {configs: map[string]string{"cleanup.policy": "compact,delete", "retention.ms": "-1", "retention.bytes": "-1"}},
+		"delete":                   {configs: map[string]string{"cleanup.policy": "delete"}, want: "has cleanup.policy=delete; it must be compacted"},
+		"compact,delete":           {configs: map[string]string{"cleanup.policy": "compact,delete", "retention.ms": "604800000"}, want: "retention.ms=604800000"},
+		"compact,delete, by bytes": {configs: map[string]string{"cleanup.policy": "delete,compact", "retention.ms": "-1", "retention.bytes": "1000000"}, want: "retention.bytes=1000000"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			topic := "t-" + strings.NewReplacer(",", "-", " ", "").Replace(name)
+			var entries []kafka.ConfigEntry
+			for k, v := range tt.configs {
+				entries = append(entries, kafka.ConfigEntry{ConfigName: k, ConfigValue: v})
+			}
+			resp, err := client.CreateTopics(ctx, &kafka.CreateTopicsRequest{Topics: []kafka.TopicConfig{{
+				Topic: topic, NumPartitions: 1, ReplicationFactor: 1, ConfigEntries: entries}}})
+			if err != nil || resp.Errors[topic] != nil {
+				t.Fatalf("create %s: %v %v", topic, err, resp.Errors[topic])
+			}
+			err = Ensure(ctx, client, []Spec{{Topic: topic, Compacted: true}}, true, slog.New(slog.DiscardHandler))
+			switch {
+			case tt.want == "" && err != nil:
+				t.Fatalf("Ensure: %v", err)
+			case tt.want != "" && (err == nil || !strings.Contains(err.Error(), tt.want)):
+				t.Fatalf("Ensure = %v, want an error saying %q", err, tt.want)
+			}
+		})
+	}
+}
