@@ -121,6 +121,10 @@ func (e *Engine) resolvedLocked(gvk schema.GroupVersionKind, res cache.Resource)
 	delete(e.pending, gvk)
 	e.log.Info("kind is served now; starting its watches", "kind", gvk.String(), "resource", res.GroupVersionResource.String())
 	var attached []*refState
+	// appeared are the pairs that now see the kind; replan, the kinds
+	// their refs are attached to.
+	var appeared []*pair
+	replan := map[*kindState]bool{}
 	for st := range refs {
 		key := st.ref
 		if !res.Namespaced {
@@ -131,14 +135,24 @@ func (e *Engine) resolvedLocked(gvk schema.GroupVersionKind, res cache.Resource)
 				delete(e.refs, st.ref)
 			}
 			if into := e.refs[key]; into != nil {
-				// Two pending refs became one (namespace ignored for a
-				// cluster-scoped kind): move the watchers over.
+				// Two refs became one (namespace ignored for a
+				// cluster-scoped kind): move the watchers over. A pending
+				// into is attached below with them; one attached already
+				// counts them here, and they are told of its objects
+				// below, as if it had just been attached.
 				for ws, p := range st.pairs {
 					delete(ws.pairs, st)
 					if into.pairs[ws] == nil {
 						p.r = into
 						into.pairs[ws] = p
 						ws.pairs[into] = p
+						if into.kind != nil {
+							if p.bodies {
+								into.kind.bodyPairs++
+							}
+							appeared = append(appeared, p)
+							replan[into.kind] = true
+						}
 					}
 				}
 				continue
@@ -151,15 +165,22 @@ func (e *Engine) resolvedLocked(gvk schema.GroupVersionKind, res cache.Resource)
 	for _, st := range attached {
 		e.attachLocked(st, res)
 	}
-	k := e.kinds[res.GroupVersionResource]
+	if k := e.kinds[res.GroupVersionResource]; k != nil {
+		replan[k] = true
+	}
 	for _, st := range attached {
 		for _, p := range st.pairs {
-			if p.waitInitial {
-				e.appearedLocked(p)
-			}
+			appeared = append(appeared, p)
 		}
 	}
-	e.planLocked(k)
+	for _, p := range appeared {
+		if p.waitInitial {
+			e.appearedLocked(p)
+		}
+	}
+	for k := range replan {
+		e.planLocked(k)
+	}
 	e.broadcastLocked()
 }
 
