@@ -2,14 +2,19 @@ package checkpoint
 
 import (
 	"context"
+	"encoding/json"
 	"maps"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/depbridge/depbridge/internal/cache"
 	"github.com/depbridge/depbridge/internal/config"
 	"github.com/depbridge/depbridge/internal/testenv"
+	"github.com/depbridge/depbridge/internal/watch"
 )
 
 // Every backend keeps what is written, forgets what is deleted, and gives
@@ -101,5 +106,178 @@ func TestBackends(t *testing.T) {
 				t.Fatalf("reloaded %q, want %q", got, want)
 			}
 		})
+	}
+}
+
+// A watcher whose record is over the bus's 1 MiB (10,000 objects) blocks
+// neither its own delivery nor the records of the others, which a restart
+// (a new Store on the same bucket or topic) loads; its last record written
+// stays.
+func TestOversizedRecordOnBus(t *testing.T) {
+	broker, err := testenv.StartNATS()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer broker.Close()
+	kafkaBroker, err := testenv.StartKafka()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer kafkaBroker.Close()
+	backends := map[string]func(t *testing.T) Backend{
+		"jetstream": func(t *testing.T) Backend {
+			nc, err := nats.Connect(broker.URL())
+			if err != nil {
+				t.Fatal(err)
+			}
+			return NewKV(nc, "cp_big")
+		},
+		"kafka": func(t *testing.T) Backend {
+			b, err := NewKafka(config.Kafka{Brokers: []string{kafkaBroker.Addr()}}, "cp.big", nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return b
+		},
+	}
+	for name, open := range backends {
+		t.Run(name, func(t *testing.T) {
+			ctx := context.Background()
+			b := open(t)
+			s := New(b, Options{})
+			if err := s.Load(ctx); err != nil {
+				t.Fatal(err)
+			}
+			big, small := watcher("big"), watcher("small")
+			sel := cache.Ref{Version: "v1", Kind: "ConfigMap", Selector: "*"}
+			s.Acked(big, objects(sel.Key(), 10))
+			if err := s.Flush(ctx); err != nil {
+				t.Fatal(err)
+			}
+			all := objects(sel.Key(), 10000)
+			if enc, _ := json.Marshal(all); len(enc) <= 1<<20 {
+				t.Fatalf("10,000 objects encode to %d bytes, not over 1 MiB", len(enc))
+			}
+			s.Acked(big, all)
+			if err := s.Telling(ctx, small, []watch.Cause{newObject(sel, "a")}); err != nil {
+				t.Fatalf("Telling for a small watcher: %v", err)
+			}
+			if err := s.Telling(ctx, big, []watch.Cause{newObject(sel, "b")}); err != nil {
+				t.Fatalf("Telling for the oversized watcher: %v", err)
+			}
+			s.Acked(small, watch.View{sel.Key(): {{Namespace: "ns", Name: "c", UID: "uid-c", ResourceVersion: "2"}}})
+			if err := s.Flush(ctx); err != nil {
+				t.Fatalf("flush: %v", err)
+			}
+			if err := b.Close(); err != nil {
+				t.Fatal(err)
+			}
+
+			b = open(t)
+			defer b.Close()
+			again := New(b, Options{})
+			if err := again.Load(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if v, _ := again.Told(small); len(v[sel.Key()]) != 1 || v[sel.Key()][0].Name != "c" {
+				t.Errorf("small's record after a restart: %+v", v)
+			}
+			if v, _ := again.Told(big); len(v[sel.Key()]) != 10 {
+				t.Errorf("big's record after a restart holds %d objects, want the 10 last written", len(v[sel.Key()]))
+			}
+		})
+	}
+}
+
+// A bucket an operator created keeps its settings (here history and
+// memory storage, which an update could not even change) and is used.
+func TestKVKeepsExistingBucket(t *testing.T) {
+	broker, err := testenv.StartNATS()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer broker.Close()
+	ctx := context.Background()
+	nc, err := nats.Connect(broker.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := jetstream.KeyValueConfig{Bucket: "cp_ops", History: 5, Storage: jetstream.MemoryStorage, Description: "made by ops"}
+	if _, err := js.CreateKeyValue(ctx, want); err != nil {
+		t.Fatal(err)
+	}
+	open := func() Backend {
+		c, err := nats.Connect(broker.URL())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return NewKV(c, "cp_ops")
+	}
+	b := open()
+	if _, err := b.Load(ctx); err != nil {
+		t.Fatalf("load: %v", err)
+	}
+	if err := b.Write(ctx, map[string][]byte{"v1/ConfigMap/ns/a": []byte(`{}`)}, nil); err != nil {
+		t.Fatalf("write: %v", err)
+	}
+	b.Close()
+	b = open()
+	defer b.Close()
+	if got, err := b.Load(ctx); err != nil || string(got["v1/ConfigMap/ns/a"]) != `{}` {
+		t.Fatalf("reloaded %q, %v", got, err)
+	}
+	kv, err := js.KeyValue(ctx, "cp_ops")
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := kv.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := st.(*jetstream.KeyValueBucketStatus).Config()
+	if cfg.History != want.History || cfg.Storage != want.Storage || cfg.Description != want.Description {
+		t.Fatalf("bucket settings now history %d, storage %s, description %q; want %d, %s, %q",
+			cfg.History, cfg.Storage, cfg.Description, want.History, want.Storage, want.Description)
+	}
+}
+
+// A sealed bucket takes no writes: opening it fails, naming the bucket and
+// the setting.
+func TestKVSealedBucket(t *testing.T) {
+	broker, err := testenv.StartNATS()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer broker.Close()
+	ctx := context.Background()
+	nc, err := nats.Connect(broker.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "cp_sealed"}); err != nil {
+		t.Fatal(err)
+	}
+	s, err := js.Stream(ctx, "KV_cp_sealed")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := s.CachedInfo().Config
+	cfg.Sealed = true
+	if _, err := js.UpdateStream(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	b := NewKV(nc, "cp_sealed")
+	defer b.Close()
+	if _, err := b.Load(ctx); err == nil || !strings.Contains(err.Error(), `"cp_sealed" is sealed`) {
+		t.Fatalf("load of a sealed bucket: %v", err)
 	}
 }

@@ -14,8 +14,17 @@
 // would tell the watcher it went. So before a request that names an
 // object new to the watcher's record is published, Telling writes it, as
 // "may have been told", and waits for the write: the one case where
-// recording delays delivery. A restart tells the watcher such objects are
-// gone if they are.
+// recording delays delivery (it waits for that watcher's record only). A
+// restart tells the watcher such objects are gone if they are.
+//
+// A record larger than its Backend takes (MaxRecordBytes: a watcher whose
+// view holds some ten thousand objects, on a bus whose messages are capped
+// at 1 MiB) is not written, and the one written last stays, so that it
+// blocks neither the other records nor its watcher's delivery. It is
+// logged once, when it grows too large. A restart compares that watcher
+// with its last record written: it re-announces what changed since
+// (duplicates), and cannot tell it that objects first announced since then
+// are gone.
 //
 // A baseline (what a dependency registered without a request starts from)
 // is the other record whose loss would lose changes: with no record, a
@@ -29,6 +38,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -44,6 +54,9 @@ type Backend interface {
 	Load(ctx context.Context) (map[string][]byte, error)
 	// Write stores puts and removes deletes.
 	Write(ctx context.Context, puts map[string][]byte, deletes []string) error
+	// MaxRecordBytes is the size of the largest record Write takes, 0 if
+	// there is no limit. The Store never writes a larger one.
+	MaxRecordBytes() int
 	// Close releases the backend.
 	Close() error
 }
@@ -66,6 +79,7 @@ type Store struct {
 	views   map[string]watch.View // by watcher key
 	maybe   map[string]watch.View // by watcher key: recorded by Telling, not acknowledged since
 	dirty   map[string]bool       // written at the next flush (deleted if absent from views and maybe)
+	tooBig  map[string]bool       // last encoded over the backend's limit, and logged so
 	loaded  int
 	written int
 
@@ -79,7 +93,8 @@ const maybePrefix = "maybe:"
 
 var _ watch.Checkpoint = (*Store)(nil)
 
-// New returns a Store over b.
+// New returns a Store over b. A backend that logs and has no logger (a
+// File with none) gets the Store's.
 func New(b Backend, opts Options) *Store {
 	if opts.Interval <= 0 {
 		opts.Interval = 500 * time.Millisecond
@@ -87,7 +102,11 @@ func New(b Backend, opts Options) *Store {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Store{b: b, opts: opts, log: opts.Logger, views: map[string]watch.View{}, maybe: map[string]watch.View{}, dirty: map[string]bool{}}
+	if l, ok := b.(interface{ defaultLogger(*slog.Logger) }); ok {
+		l.defaultLogger(opts.Logger)
+	}
+	return &Store{b: b, opts: opts, log: opts.Logger, views: map[string]watch.View{}, maybe: map[string]watch.View{},
+		dirty: map[string]bool{}, tooBig: map[string]bool{}}
 }
 
 // Load reads every record; a record that does not decode is dropped (its
@@ -159,7 +178,11 @@ func (s *Store) Acked(w cache.Ref, v watch.View) {
 // Telling implements watch.Checkpoint: the objects of causes that are in
 // their Ref's set and new to the watcher's record are recorded and
 // written before it returns. Causes about objects already recorded (by
-// namespace, name and uid), or gone, need no write.
+// namespace, name and uid), or gone, need no write. It writes the
+// watcher's record alone, so that it waits for no other record (only for
+// a write already under way); a record too large for the backend is not
+// written (see the package doc), and Telling returns nil: delivery goes
+// before recording.
 func (s *Store) Telling(ctx context.Context, w cache.Ref, causes []watch.Cause) error {
 	k := w.Key()
 	s.mu.Lock()
@@ -193,7 +216,7 @@ func (s *Store) Telling(ctx context.Context, w cache.Ref, causes []watch.Cause) 
 	s.maybe[k] = next
 	s.dirty[k] = true
 	s.mu.Unlock()
-	if err := s.Flush(ctx); err != nil {
+	if err := s.flush(ctx, k); err != nil {
 		return fmt.Errorf("record objects %s may be told of: %w", k, err)
 	}
 	return nil
@@ -286,18 +309,33 @@ func (s *Store) Start(ctx context.Context) error {
 
 // Flush writes the records changed since the last flush. Flushes run one
 // at a time: when Flush returns nil, every record changed before it was
-// called is written.
+// called is written, except those too large for the backend (see the
+// package doc).
 func (s *Store) Flush(ctx context.Context) error {
+	return s.flush(ctx, "")
+}
+
+// flush writes the changed records, or only watcher only's if it is not
+// "".
+func (s *Store) flush(ctx context.Context, only string) error {
 	s.flushMu.Lock()
 	defer s.flushMu.Unlock()
+	limit := s.b.MaxRecordBytes()
 	s.mu.Lock()
-	if len(s.dirty) == 0 {
+	keys := slices.Collect(maps.Keys(s.dirty))
+	if only != "" {
+		keys = nil
+		if s.dirty[only] {
+			keys = []string{only}
+		}
+	}
+	if len(keys) == 0 {
 		s.mu.Unlock()
 		return nil
 	}
 	puts := map[string][]byte{}
 	var deletes []string
-	for k := range s.dirty {
+	for _, k := range keys {
 		v, ok := s.views[k]
 		maybe := s.maybe[k]
 		if !ok && len(maybe) == 0 {
@@ -321,14 +359,39 @@ func (s *Store) Flush(ctx context.Context) error {
 		}
 		puts[k] = b
 	}
-	dirty := s.dirty
-	s.dirty = map[string]bool{}
+	for _, k := range keys {
+		delete(s.dirty, k)
+	}
+	for _, k := range deletes {
+		delete(s.tooBig, k)
+	}
+	for k, b := range puts {
+		switch {
+		case limit > 0 && len(b) > limit:
+			delete(puts, k)
+			if !s.tooBig[k] {
+				s.tooBig[k] = true
+				s.log.Error("checkpoint too large for the store; keeping the last one written, so a restart re-announces "+
+					"what changed since (duplicates) and cannot tell the watcher that objects first announced since are gone",
+					"watcher", k, "bytes", len(b), "limit", limit)
+			}
+		case s.tooBig[k]:
+			delete(s.tooBig, k)
+			s.log.Info("checkpoint fits the store again", "watcher", k, "bytes", len(b), "limit", limit)
+		}
+	}
 	s.mu.Unlock()
+	if len(puts) == 0 && len(deletes) == 0 {
+		return nil
+	}
 	if err := s.b.Write(ctx, puts, deletes); err != nil {
 		// Put them back, unless newer changes came meanwhile (they are
 		// dirty already).
 		s.mu.Lock()
-		for k := range dirty {
+		for k := range puts {
+			s.dirty[k] = true
+		}
+		for _, k := range deletes {
 			s.dirty[k] = true
 		}
 		s.mu.Unlock()

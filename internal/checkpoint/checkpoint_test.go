@@ -1,9 +1,12 @@
 package checkpoint
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -14,6 +17,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/depbridge/depbridge/internal/cache"
@@ -246,7 +250,138 @@ func (b *blockingBackend) Write(ctx context.Context, puts map[string][]byte, _ [
 	b.writes <- puts
 	return nil
 }
-func (b *blockingBackend) Close() error { return nil }
+func (b *blockingBackend) Close() error        { return nil }
+func (b *blockingBackend) MaxRecordBytes() int { return 0 }
+
+// limitedBackend keeps records in memory and, as kafka-go does, rejects a
+// whole write in which one record is larger than its limit.
+type limitedBackend struct {
+	limit  int
+	recs   map[string][]byte
+	writes []map[string][]byte
+}
+
+func (b *limitedBackend) Load(context.Context) (map[string][]byte, error) {
+	return maps.Clone(b.recs), nil
+}
+func (b *limitedBackend) Write(_ context.Context, puts map[string][]byte, deletes []string) error {
+	for k, v := range puts {
+		if len(v) > b.limit {
+			return fmt.Errorf("record %s: %d bytes over %d", k, len(v), b.limit)
+		}
+	}
+	b.writes = append(b.writes, puts)
+	maps.Copy(b.recs, puts)
+	for _, k := range deletes {
+		delete(b.recs, k)
+	}
+	return nil
+}
+func (b *limitedBackend) Close() error        { return nil }
+func (b *limitedBackend) MaxRecordBytes() int { return b.limit }
+
+// logBuffer is a log destination that tests read.
+type logBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.Write(p)
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.String()
+}
+
+func (l *logBuffer) logger() *slog.Logger { return slog.New(slog.NewTextHandler(l, nil)) }
+
+// objects is a view of n objects of one Ref, as a "*" selector over a big
+// cluster gives.
+func objects(ref string, n int) watch.View {
+	seen := make([]watch.Seen, n)
+	for i := range seen {
+		seen[i] = watch.Seen{Namespace: "team-payments-production", Name: fmt.Sprintf("web-frontend-settings-%05d", i),
+			UID: types.UID(fmt.Sprintf("8d5c1f2e-0b7a-4c3e-9f10-%012d", i)), ResourceVersion: fmt.Sprint(100000000 + i)}
+	}
+	return watch.View{ref: seen}
+}
+
+// newObject is a cause naming an object new to every record.
+func newObject(ref cache.Ref, name string) watch.Cause {
+	return watch.Cause{Watched: ref, Namespace: "ns", Name: name, UID: types.UID("uid-" + name), ResourceVersion: "1", Op: watch.OpAdded}
+}
+
+// A record too large for the backend is not written, and keeps its last
+// written record: it blocks neither the other watchers' records nor its
+// own watcher's delivery, and is logged once.
+func TestOversizedRecord(t *testing.T) {
+	ctx := context.Background()
+	b := &limitedBackend{limit: 2000, recs: map[string][]byte{}}
+	var logs logBuffer
+	s := New(b, Options{Logger: logs.logger()})
+	big, small := watcher("big"), watcher("small")
+	sel := cache.Ref{Version: "v1", Kind: "ConfigMap", Selector: "*"}
+	s.Acked(big, objects(sel.Key(), 2))
+	if err := s.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	old := string(b.recs[big.Key()])
+
+	s.Acked(big, objects(sel.Key(), 100))
+	s.Baseline(watcher("other"), sel.Key(), nil) // dirty, not written by small's Telling
+	if err := s.Telling(ctx, small, []watch.Cause{newObject(sel, "a")}); err != nil {
+		t.Fatalf("Telling for a small watcher: %v", err)
+	}
+	if last := b.writes[len(b.writes)-1]; len(last) != 1 || last[small.Key()] == nil {
+		t.Errorf("Telling wrote %v, want small's record alone", slices.Collect(maps.Keys(last)))
+	}
+	if err := s.Telling(ctx, big, []watch.Cause{newObject(sel, "b")}); err != nil {
+		t.Fatalf("Telling for the oversized watcher: %v", err)
+	}
+	for i := range 3 {
+		s.Acked(big, objects(sel.Key(), 100+i))
+		if err := s.Flush(ctx); err != nil {
+			t.Fatalf("flush %d: %v", i, err)
+		}
+	}
+	if n := strings.Count(logs.String(), "level=ERROR"); n != 1 {
+		t.Errorf("%d errors logged, want 1:\n%s", n, logs.String())
+	}
+	if !strings.Contains(logs.String(), "watcher="+big.Key()) || !strings.Contains(logs.String(), "limit=2000") {
+		t.Errorf("the error does not name the watcher and limit:\n%s", logs.String())
+	}
+	if got := string(b.recs[big.Key()]); got != old {
+		t.Errorf("oversized watcher's record is %.100s, want the last one written, %s", got, old)
+	}
+
+	again := New(b, Options{})
+	if err := again.Load(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if v, _ := again.Told(big); len(v[sel.Key()]) != 2 {
+		t.Errorf("reloaded big: %+v, want its last record written", v)
+	}
+	if m := again.MayHaveTold(small); len(m[sel.Key()]) != 1 || m[sel.Key()][0].Name != "a" {
+		t.Errorf("reloaded small: %+v", m)
+	}
+	if _, ok := again.Told(watcher("other")); !ok {
+		t.Error("other's record not written")
+	}
+
+	// Small enough again: written, and said so.
+	s.Acked(big, objects(sel.Key(), 3))
+	if err := s.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := string(b.recs[big.Key()]); got == old || !strings.Contains(logs.String(), "fits the store again") {
+		t.Errorf("record of big not written when small again: %s\n%s", got, logs.String())
+	}
+}
 
 // Recording never waits for the backend, and records changed while a write
 // is in flight are written next.
@@ -277,8 +412,8 @@ func TestAckedNeverBlocks(t *testing.T) {
 	}
 }
 
-// A file that does not decode is an error at load; records are written
-// atomically.
+// Records are written atomically, and a file that does not decode is
+// moved aside and loads empty.
 func TestFileBackend(t *testing.T) {
 	dir := t.TempDir()
 	f := &File{Path: filepath.Join(dir, "sub", "cp.json")}
@@ -300,11 +435,87 @@ func TestFileBackend(t *testing.T) {
 	if len(entries) != 1 {
 		t.Fatalf("temporary files left: %v", entries)
 	}
-	if err := os.WriteFile(f.Path, []byte("{not json"), 0o600); err != nil {
+}
+
+// A file that does not decode would fail every load, forever: it is moved
+// aside, logged, and the store starts with no records.
+func TestFileCorrupt(t *testing.T) {
+	tests := map[string]string{
+		"truncated": `{"a":{"r":[{"name":"x"`,
+		"empty":     "",
+		"garbage":   "\x00\x00\x00\x00",
+		"not a map": `["a"]`,
+	}
+	for name, content := range tests {
+		t.Run(name, func(t *testing.T) {
+			dir := t.TempDir()
+			path := filepath.Join(dir, "cp.json")
+			if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			var logs logBuffer
+			s := New(&File{Path: path}, Options{Logger: logs.logger()})
+			if err := s.Load(context.Background()); err != nil {
+				t.Fatalf("load: %v", err)
+			}
+			if s.Len() != 0 {
+				t.Fatalf("%d records", s.Len())
+			}
+			aside, _ := filepath.Glob(path + ".corrupt-*")
+			if len(aside) != 1 {
+				t.Fatalf("moved aside: %v", aside)
+			}
+			if b, err := os.ReadFile(aside[0]); err != nil || string(b) != content {
+				t.Fatalf("moved aside %q, %v; want the file as it was", b, err)
+			}
+			if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
+				t.Fatalf("the corrupt file is still at %s: %v", path, err)
+			}
+			if l := logs.String(); !strings.Contains(l, "level=ERROR") || !strings.Contains(l, path) || !strings.Contains(l, aside[0]) {
+				t.Fatalf("logged %s; want an error naming both paths", l)
+			}
+			// The store works on.
+			s.Acked(watcher("w"), watch.View{"r": {}})
+			if err := s.Flush(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			again := New(&File{Path: path}, Options{})
+			if err := again.Load(context.Background()); err != nil || again.Len() != 1 {
+				t.Fatalf("reloaded %d records, %v", again.Len(), err)
+			}
+		})
+	}
+}
+
+// Temporary files of a write that was interrupted (a crash between
+// creating and renaming) are removed at load; other files are kept.
+func TestFileRemovesTemporaries(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "cp.json")
+	f := &File{Path: path}
+	if err := f.Write(context.Background(), map[string][]byte{"a": []byte(`{}`)}, nil); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := (&File{Path: f.Path}).Load(context.Background()); err == nil {
-		t.Fatal("a corrupt file loaded")
+	left := []string{"cp.json.123456789", "cp.json.4242"}
+	kept := []string{"cp.json", "cp.json.corrupt-1700000000", "cp.json.bak", "other.json.123"}
+	for _, name := range append(slices.Clone(left), kept[1:]...) {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte("{"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	recs, err := (&File{Path: path}).Load(context.Background())
+	if err != nil || len(recs) != 1 {
+		t.Fatalf("load: %v, %v", recs, err)
+	}
+	var names []string
+	entries, _ := os.ReadDir(dir)
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	slices.Sort(names)
+	slices.Sort(kept)
+	if !slices.Equal(names, kept) {
+		t.Fatalf("files after load %v, want %v", names, kept)
 	}
 }
 

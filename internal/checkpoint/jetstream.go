@@ -5,20 +5,28 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"sync/atomic"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// KV keeps records in a JetStream key-value bucket (created if missing,
-// one revision per key), so that every replica of the bridge shares them.
-// Keys are watcher keys in base64url, which the bucket's key alphabet
-// accepts.
+// KV keeps records in a JetStream key-value bucket, so that every replica
+// of the bridge shares them. A missing bucket is created (file storage, one
+// revision per key); an existing one is used as it is, its settings left
+// to whoever created it (replicas, storage, history). Keys are watcher
+// keys in base64url, which the bucket's key alphabet accepts.
 type KV struct {
-	nc     *nats.Conn
-	bucket string
-	kv     jetstream.KeyValue
+	nc         *nats.Conn
+	bucket     string
+	kv         jetstream.KeyValue
+	maxMsgSize atomic.Int64 // the bucket's limit on a value, 0 if none or not known yet
 }
+
+// recordMargin is what the bus backends keep, below their broker's limit
+// on a message, for what a message carries besides the record (key,
+// headers, framing).
+const recordMargin = 4 << 10
 
 var _ Backend = (*KV)(nil)
 
@@ -35,13 +43,44 @@ func (k *KV) open(ctx context.Context) (jetstream.KeyValue, error) {
 	if err != nil {
 		return nil, err
 	}
-	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: k.bucket, History: 1, Storage: jetstream.FileStorage,
-		Description: "depbridge checkpoints: what each watcher was told"})
+	kv, err := js.KeyValue(ctx, k.bucket)
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		kv, err = js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: k.bucket, History: 1, Storage: jetstream.FileStorage,
+			Description: "depbridge checkpoints: what each watcher was told"})
+		if errors.Is(err, jetstream.ErrBucketExists) { // created meanwhile (another replica)
+			kv, err = js.KeyValue(ctx, k.bucket)
+		}
+	}
 	if err != nil {
 		return nil, fmt.Errorf("key-value bucket %q: %w", k.bucket, err)
 	}
+	st, err := kv.Status(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("key-value bucket %q: %w", k.bucket, err)
+	}
+	if bs, ok := st.(*jetstream.KeyValueBucketStatus); ok {
+		cfg := bs.StreamInfo().Config
+		if cfg.Sealed {
+			return nil, fmt.Errorf("key-value bucket %q is sealed: it takes no writes", k.bucket)
+		}
+		k.maxMsgSize.Store(int64(max(cfg.MaxMsgSize, 0)))
+	}
 	k.kv = kv
 	return kv, nil
+}
+
+// MaxRecordBytes implements Backend: the server's maximum payload (1 MiB
+// by default), or the bucket's maximum value size if smaller, less a
+// margin.
+func (k *KV) MaxRecordBytes() int {
+	limit := k.nc.MaxPayload()
+	if limit <= 0 { // not connected yet
+		limit = 1 << 20
+	}
+	if m := k.maxMsgSize.Load(); m > 0 && m < limit {
+		limit = m
+	}
+	return int(max(limit-recordMargin, 1))
 }
 
 // Load implements Backend.

@@ -80,6 +80,17 @@ func (k *Kafka) Write(ctx context.Context, puts map[string][]byte, deletes []str
 	return nil
 }
 
+// MaxRecordBytes implements Backend: the writer's batch bytes (1 MiB,
+// kafka-go's default, which rejects a whole write holding a larger
+// message), less a margin.
+func (k *Kafka) MaxRecordBytes() int {
+	limit := k.w.BatchBytes
+	if limit <= 0 {
+		limit = 1 << 20
+	}
+	return int(limit - recordMargin)
+}
+
 // Close implements Backend.
 func (k *Kafka) Close() error {
 	err := k.w.Close()
