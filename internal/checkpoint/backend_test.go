@@ -17,20 +17,28 @@ import (
 	"github.com/depbridge/depbridge/internal/watch"
 )
 
-// Every backend keeps what is written, forgets what is deleted, and gives
-// both back to a new instance (another process, after a restart); the bus
-// backends also across a restart of their broker.
-func TestBackends(t *testing.T) {
+// startBrokers starts an in-process NATS server with JetStream and a Kafka
+// broker, stopped when the test ends.
+func startBrokers(t *testing.T) (*testenv.NATS, *testenv.Kafka) {
+	t.Helper()
 	broker, err := testenv.StartNATS()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer broker.Close()
+	t.Cleanup(broker.Close)
 	kafkaBroker, err := testenv.StartKafka()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer kafkaBroker.Close()
+	t.Cleanup(kafkaBroker.Close)
+	return broker, kafkaBroker
+}
+
+// Every backend keeps what is written, forgets what is deleted, and gives
+// both back to a new instance (another process, after a restart); the bus
+// backends also across a restart of their broker.
+func TestBackends(t *testing.T) {
+	broker, kafkaBroker := startBrokers(t)
 	dir := t.TempDir()
 	type backend struct {
 		open    func(t *testing.T) Backend
@@ -114,16 +122,7 @@ func TestBackends(t *testing.T) {
 // (a new Store on the same bucket or topic) loads; its last record written
 // stays.
 func TestOversizedRecordOnBus(t *testing.T) {
-	broker, err := testenv.StartNATS()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer broker.Close()
-	kafkaBroker, err := testenv.StartKafka()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer kafkaBroker.Close()
+	broker, kafkaBroker := startBrokers(t)
 	backends := map[string]func(t *testing.T) Backend{
 		"jetstream": func(t *testing.T) Backend {
 			nc, err := nats.Connect(broker.URL())

@@ -1,10 +1,10 @@
 package checkpoint
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"maps"
 	"os"
@@ -280,25 +280,8 @@ func (b *limitedBackend) Write(_ context.Context, puts map[string][]byte, delete
 func (b *limitedBackend) Close() error        { return nil }
 func (b *limitedBackend) MaxRecordBytes() int { return b.limit }
 
-// logBuffer is a log destination that tests read.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
-
-func (l *logBuffer) logger() *slog.Logger { return slog.New(slog.NewTextHandler(l, nil)) }
+// textLogger logs as text to w.
+func textLogger(w io.Writer) *slog.Logger { return slog.New(slog.NewTextHandler(w, nil)) }
 
 // objects is a view of n objects of one Ref, as a "*" selector over a big
 // cluster gives.
@@ -322,8 +305,8 @@ func newObject(ref cache.Ref, name string) watch.Cause {
 func TestOversizedRecord(t *testing.T) {
 	ctx := context.Background()
 	b := &limitedBackend{limit: 2000, recs: map[string][]byte{}}
-	var logs logBuffer
-	s := New(b, Options{Logger: logs.logger()})
+	var logs testenv.SyncBuffer
+	s := New(b, Options{Logger: textLogger(&logs)})
 	big, small := watcher("big"), watcher("small")
 	sel := cache.Ref{Version: "v1", Kind: "ConfigMap", Selector: "*"}
 	s.Acked(big, objects(sel.Key(), 2))
@@ -453,8 +436,8 @@ func TestFileCorrupt(t *testing.T) {
 			if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
 				t.Fatal(err)
 			}
-			var logs logBuffer
-			s := New(&File{Path: path}, Options{Logger: logs.logger()})
+			var logs testenv.SyncBuffer
+			s := New(&File{Path: path}, Options{Logger: textLogger(&logs)})
 			if err := s.Load(context.Background()); err != nil {
 				t.Fatalf("load: %v", err)
 			}
