@@ -21,13 +21,21 @@ import (
 var crdGVR = schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"}
 
 // widgetCRD defines group/Widget (plural widgets), namespaced.
-func widgetCRD(group string) *unstructured.Unstructured {
+func widgetCRD(group string) *unstructured.Unstructured { return testCRD(group, "Widget", "Namespaced") }
+
+// gadgetCRD defines group/Gadget (plural gadgets), cluster-scoped.
+func gadgetCRD(group string) *unstructured.Unstructured { return testCRD(group, "Gadget", "Cluster") }
+
+// testCRD defines group/kind, its plural the lowercase kind and "s", in
+// scope (Namespaced or Cluster), with any content.
+func testCRD(group, kind, scope string) *unstructured.Unstructured {
+	singular := strings.ToLower(kind)
 	return &unstructured.Unstructured{Object: map[string]any{
 		"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-		"metadata": map[string]any{"name": "widgets." + group},
+		"metadata": map[string]any{"name": singular + "s." + group},
 		"spec": map[string]any{
-			"group": group, "scope": "Namespaced",
-			"names": map[string]any{"plural": "widgets", "singular": "widget", "kind": "Widget", "listKind": "WidgetList"},
+			"group": group, "scope": scope,
+			"names": map[string]any{"plural": singular + "s", "singular": singular, "kind": kind, "listKind": kind + "List"},
 			"versions": []any{map[string]any{"name": "v1", "served": true, "storage": true,
 				"schema": map[string]any{"openAPIV3Schema": map[string]any{"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}},
 		},
@@ -106,19 +114,6 @@ func TestUnknownCoreKindIsNotPending(t *testing.T) {
 	}
 }
 
-// gadgetCRD defines group/Gadget (plural gadgets), cluster-scoped.
-func gadgetCRD(group string) *unstructured.Unstructured {
-	return &unstructured.Unstructured{Object: map[string]any{
-		"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-		"metadata": map[string]any{"name": "gadgets." + group},
-		"spec": map[string]any{
-			"group": group, "scope": "Cluster",
-			"names": map[string]any{"plural": "gadgets", "singular": "gadget", "kind": "Gadget", "listKind": "GadgetList"},
-			"versions": []any{map[string]any{"name": "v1", "served": true, "storage": true,
-				"schema": map[string]any{"openAPIV3Schema": map[string]any{"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}},
-		},
-	}}
-}
 
 // stepClock is a discovery clock that moves only when the test says so,
 // and counts how often it is read.
