@@ -48,6 +48,10 @@ const (
 	// resourceVersion it saw is compacted when it comes back.
 	partition          = 12 * time.Second
 	compactionInterval = "5s"
+	// relistTimeout bounds the wait for a relist after the API server
+	// comes back: a source's Reflector waits up to 6 s (4 s plus jitter)
+	// before it watches and again before it relists.
+	relistTimeout = 60 * time.Second
 )
 
 // TestFaults is issue 5's fault suite. Each subtest is one fault, repeated,
@@ -184,6 +188,9 @@ type phase struct {
 	drv        *driver
 	bridges    []*bridge
 	cutoffs    []cutoff
+	// blindFrom is the start of the blind window open now (zero if none):
+	// a fault began and the bridge has not been seen watching again.
+	blindFrom time.Time
 }
 
 // cutoff is the end of one fault: recovered once every change made
@@ -274,6 +281,72 @@ func (p *phase) faultEnded(at time.Time) {
 	p.cutoffs = append(p.cutoffs, cutoff{end: at, recovered: -1})
 }
 
+// blindLead is how long before a fault its blind window opens: a change
+// made just before the fault may not have reached the bridge's watch, or
+// been published, when the fault struck (a watch event in flight, a
+// request still queued in a process that is then killed), and the bridge
+// may find the object gone once it watches again. Healthy, the bridge
+// publishes a change within milliseconds; a second is ample and still
+// short beside the phases' seconds between faults.
+const blindLead = time.Second
+
+// blindStart opens a blind window blindLead before t (just before a fault
+// starts), unless one is open: the bridge has not been seen watching since
+// an earlier fault, so it has been blind since then.
+func (p *phase) blindStart(t time.Time) {
+	if p.blindFrom.IsZero() {
+		p.blindFrom = t.Add(-blindLead)
+	}
+}
+
+// blindEnd closes the open blind window at t, when the bridge was seen
+// watching again, and records it in the ledger: the only times at which an
+// object a watcher was never told of may have come and gone unseen.
+func (p *phase) blindEnd(t time.Time) {
+	if p.blindFrom.IsZero() {
+		return
+	}
+	p.s.l.blindWindow(p.ns, p.blindFrom, t)
+	p.blindFrom = time.Time{}
+}
+
+// waitRelisted waits, resolving fault ends meanwhile, until b has stored a
+// list for each of its sources since its depbridge_source_lists was
+// before, and closes the open blind window then: from that list on, every
+// object there is in b's snapshot and every later change reaches its
+// watch. If b does not relist within relistTimeout (it resumed its watches,
+// which replay what happened meanwhile), the window closes at the fault's
+// end, when the API server was reachable again.
+func (p *phase) waitRelisted(b *bridge, before float64) {
+	p.t.Helper()
+	faultEnd := p.cutoffs[len(p.cutoffs)-1].end
+	deadline := time.Now().Add(relistTimeout)
+	for {
+		p.tick()
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		lists, err := b.metricSum(ctx, "depbridge_source_lists")
+		var sources float64
+		if err == nil {
+			sources, err = b.metricSum(ctx, "depbridge_sources")
+		}
+		cancel()
+		if err == nil && sources > 0 && lists-before >= sources {
+			now := time.Now()
+			p.t.Logf("relisted %s after the fault ended (depbridge_source_lists %v -> %v, %v sources)",
+				now.Sub(faultEnd).Round(time.Millisecond), before, lists, sources)
+			p.blindEnd(now)
+			return
+		}
+		if time.Now().After(deadline) {
+			p.t.Logf("no relist within %s of the fault's end (depbridge_source_lists %v -> %v, %v sources, err %v): blind until the fault's end",
+				relistTimeout, before, lists, sources, err)
+			p.blindEnd(faultEnd)
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
 // tick sweeps the ledger and resolves the fault ends every change before
 // which is now covered; it reports whether all are.
 func (p *phase) tick() bool {
@@ -295,10 +368,17 @@ func (p *phase) tick() bool {
 }
 
 // sleep waits d, resolving fault ends meanwhile.
-func (p *phase) sleep(d time.Duration) {
+func (p *phase) sleep(d time.Duration) { p.sleepPolling(d, nil) }
+
+// sleepPolling waits d, resolving fault ends and calling poll (if not nil)
+// meanwhile.
+func (p *phase) sleepPolling(d time.Duration, poll func()) {
 	end := time.Now().Add(d)
 	for {
 		p.tick()
+		if poll != nil {
+			poll()
+		}
 		left := time.Until(end)
 		if left <= 0 {
 			return
@@ -368,6 +448,15 @@ func (p *phase) finish(runs int) row {
 	if len(p.cutoffs) != runs {
 		t.Errorf("%d fault ends recorded for %d runs", len(p.cutoffs), runs)
 	}
+	if !p.blindFrom.IsZero() {
+		t.Errorf("the blind window opened at %s never closed", p.blindFrom.Format("15:04:05.000"))
+	}
+	var blind time.Duration
+	windows := p.s.l.blindWindows(p.ns)
+	for _, w := range windows {
+		blind += w.to.Sub(w.from)
+	}
+	t.Logf("%s: %d blind windows (%s in all): %v", p.name, len(windows), blind.Round(time.Millisecond), windows)
 	for _, b := range p.bridges {
 		select {
 		case <-b.exited:
@@ -404,7 +493,9 @@ func waitStatus(b *bridge, want int, timeout time.Duration) error {
 
 // sigkill: SIGKILL the bridge 20 times, each after a random 0.5-3 s of
 // uptime (so some while it starts, some while it publishes), restarting it
-// at once; a fault ends at the restart.
+// at once; a fault ends at the restart. Blind from just before the kill
+// until a restarted bridge is seen ready (its lists stored; /readyz polled
+// meanwhile): a bridge killed before it was ready extends the window.
 func (s *suite) sigkill(t *testing.T) row {
 	const runs = 20
 	p := s.newPhase(t, "sigkill", s.env.Config, s.kubeconfig)
@@ -414,7 +505,12 @@ func (s *suite) sigkill(t *testing.T) row {
 	for i := range runs {
 		started := time.Now()
 		uptime := 500*time.Millisecond + time.Duration(s.rnd.Int64N(int64(2500*time.Millisecond)))
-		p.sleep(uptime - time.Since(started))
+		p.sleepPolling(uptime-time.Since(started), func() {
+			if !p.blindFrom.IsZero() && b.ready() == http.StatusOK {
+				p.blindEnd(time.Now())
+			}
+		})
+		p.blindStart(time.Now())
 		if err := b.kill(); err != nil {
 			t.Fatal(err)
 		}
@@ -425,13 +521,15 @@ func (s *suite) sigkill(t *testing.T) row {
 	if err := b.waitReady(60 * time.Second); err != nil {
 		t.Fatal(err)
 	}
+	p.blindEnd(time.Now())
 	p.settle(settleTimeout)
 	return p.finish(runs)
 }
 
 // brokerOutage: stop the NATS server (the JetStream route and the
 // checkpoint bucket) for 30 s, then, in a second run, the Kafka broker,
-// while changes go on; a fault ends when the broker is started again.
+// while changes go on; a fault ends when the broker is started again. No
+// blind window: the bridge watches the API server all along.
 func (s *suite) brokerOutage(t *testing.T) row {
 	p := s.newPhase(t, "broker-outage", s.env.Config, s.kubeconfig)
 	p.startDriving("broker-0")
@@ -460,13 +558,20 @@ func (s *suite) brokerOutage(t *testing.T) row {
 // for 2 s, start it again; twice (each run after the first waits longer:
 // a source's Reflector backs off more after failures in a row, up to 4 s
 // plus jitter before it watches and again before it relists, and forgets
-// only after 2 quiet minutes). A fault ends when it has started.
+// only after 2 quiet minutes). A fault ends when it has started. Blind from
+// just before kube-apiserver stops until the bridge is seen to have
+// relisted (waitRelisted).
 func (s *suite) apiserverRestart(t *testing.T) row {
 	const runs = 2
 	p := s.newPhase(t, "apiserver-restart", s.env.Config, s.kubeconfig)
-	p.startDriving("apiserver-0")
+	b := p.startDriving("apiserver-0")
 	for range runs {
+		before, err := b.metricSum(context.Background(), "depbridge_source_lists")
+		if err != nil {
+			t.Fatal(err)
+		}
 		stopping := time.Now()
+		p.blindStart(stopping)
 		if err := s.env.StopAPIServer(); err != nil {
 			t.Fatalf("stop kube-apiserver: %v", err)
 		}
@@ -476,6 +581,7 @@ func (s *suite) apiserverRestart(t *testing.T) row {
 			t.Fatalf("start kube-apiserver: %v", err)
 		}
 		p.faultEnded(time.Now())
+		p.waitRelisted(b, before)
 		p.settle(settleTimeout)
 	}
 	return p.finish(runs)
@@ -487,7 +593,9 @@ func (s *suite) apiserverRestart(t *testing.T) row {
 // refused) for 12 s while changes go on, so that the bridge's watches
 // resume from a compacted resourceVersion, get 410 Gone and must relist;
 // depbridge_source_lists must grow each time. A fault ends when the proxy
-// is up again. Twice, for the same reason as apiserverRestart.
+// is up again. Twice, for the same reason as apiserverRestart. Blind from
+// just before the proxy goes down until the bridge is seen to have relisted
+// (waitRelisted).
 func (s *suite) compaction(t *testing.T) row {
 	const runs = 2
 	env, err := testenv.StartWith(testenv.Options{APIServerFlags: map[string]string{
@@ -523,12 +631,14 @@ func (s *suite) compaction(t *testing.T) row {
 		if err != nil {
 			t.Fatal(err)
 		}
+		p.blindStart(time.Now())
 		proxy.Down()
 		p.sleep(partition)
 		if err := proxy.Up(); err != nil {
 			t.Fatal(err)
 		}
 		p.faultEnded(time.Now())
+		p.waitRelisted(b, before)
 		p.settle(settleTimeout)
 		after, err := b.metric(ctx, "depbridge_source_lists")
 		if err != nil {
@@ -545,7 +655,8 @@ func (s *suite) compaction(t *testing.T) row {
 // leaderKill: two replicas with leader election on a short lease (3 s
 // lease, 2 s renew deadline, 0.5 s retry); SIGKILL the leader (the one
 // whose /readyz answers 200), check the standby takes over, start a new
-// standby; three times. A fault ends at the kill.
+// standby; three times. A fault ends at the kill. Blind from just before the
+// kill until the standby is seen ready (leading, its lists stored).
 func (s *suite) leaderKill(t *testing.T) row {
 	const runs = 3
 	p := s.newPhase(t, "leader-kill", s.env.Config, s.kubeconfig)
@@ -572,6 +683,7 @@ func (s *suite) leaderKill(t *testing.T) row {
 		if got := standby.ready(); got != http.StatusServiceUnavailable {
 			t.Fatalf("run %d: standby %s /readyz = %d, want 503", i, standby.name, got)
 		}
+		p.blindStart(time.Now())
 		if err := leader.kill(); err != nil {
 			t.Fatal(err)
 		}
@@ -580,6 +692,7 @@ func (s *suite) leaderKill(t *testing.T) row {
 		if err := waitStatus(standby, http.StatusOK, 30*time.Second); err != nil {
 			t.Fatalf("run %d: the standby did not take over: %v", i, err)
 		}
+		p.blindEnd(time.Now())
 		t.Logf("run %d: %s killed, %s leads after %s", i, leader.name, standby.name, time.Since(killedAt).Round(time.Millisecond))
 		fresh := start()
 		if err := waitStatus(fresh, http.StatusServiceUnavailable, 60*time.Second); err != nil {
@@ -661,10 +774,12 @@ the suite took %s and %s (seed %d).
   repeat versions the watcher had already received (a restarted bridge
   telling again what it was not sure had been told, batched differently).
 - **unseen transients**: watcher changes of objects the watcher was never
-  told of at all, which left its set (deleted, or relabelled out) while the
-  bridge could not watch: created and gone between two snapshots, they are
-  in no relist, and the watcher's view (nothing) is the object's state.
-  Counted, not lost (see the coverage rule).
+  told of at all, whose whole stay in its set (from the create or enter to
+  the delete or leave) lay within a blind window of the fault: created and
+  gone while the bridge could not watch, they are in no snapshot, and the
+  watcher's view (nothing) is the object's state. Counted, not lost (see
+  the coverage rule); an untold object that was in the set at any moment
+  outside every blind window is lost.
 - **max recovery**: the longest time, over the runs, from the end of a fault
   (restart, broker or API server started again, proxy up, leader killed)
   until every change made before it was covered.
@@ -675,8 +790,23 @@ resourceVersion is ≥ R (numerically); or a cause saying O is gone from W's
 set (deleted, or relisted with no resourceVersion), which the driver makes
 final (it never re-adds an object to a selector it left, nor reuses a name);
 or a resync cause recorded (event time) after the change; or, when W was
-never told of O at all, once O has left W's set (an unseen transient). A
-deletion is otherwise covered only by a gone cause. lost causes and
+never told of O at all, once O has left W's set, if its whole stay there
+(from the create or enter to the delete or leave, as the writes returned)
+lay within one blind window of the phase (an unseen transient). A
+deletion is otherwise covered only by a gone cause.
+
+Blind windows, when the bridge could not watch, recorded by each fault as
+it is injected (overlapping windows merge), each opening %s before its
+fault (a change made just before may not have reached the bridge's watch,
+or been published, when the fault struck): sigkill: from the
+kill until a restarted bridge answers /readyz 200 (lists stored; a bridge
+killed before it was ready extends the window to the next one's
+readiness). broker-outage: none (the API watch is not blinded).
+apiserver-restart and compaction-410: from kube-apiserver's stop (the
+proxy going down) until the bridge's depbridge_source_lists has
+grown by one list per source (its relist stored), polled every 100 ms.
+leader-kill: from the leader's kill until the standby
+answers /readyz 200 (leading, lists stored). lost causes and
 truncated requests cover nothing. At the end of each fault the suite also
 requires events through both sinks, no event id carrying two different
 requests, and every fault run recovered.
@@ -695,12 +825,13 @@ bridge's watches back off before they watch again and again before they
 relist (250 ms doubling to 4 s, plus up to half again of jitter, reset
 after 2 quiet minutes; client-go's default of 0.8 s doubling to 30 s made
 recovery take over a minute); the driver's objects created and gone
-meanwhile are the unseen transients. Nothing is lost: the relist finds
+meanwhile (within the blind window, which ends at the relist) are the
+unseen transients. Nothing is lost: the relist finds
 every object that is still there. During the NATS outage, events of the Kafka route
 that name an object new to a watcher wait too, for the checkpoint write
 (the bucket is on NATS).
 `, time.Now().UTC().Format("2006-01-02 15:04 UTC"), runtime.GOOS, runtime.GOARCH, runtime.Version(), runtime.NumCPU(),
-		took, status, seed, table, finalTimeout, compactionInterval, partition)
+		took, status, seed, table, finalTimeout, blindLead, compactionInterval, partition)
 	if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
 		return fmt.Errorf("write results: %w", err)
 	}

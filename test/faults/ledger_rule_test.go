@@ -49,10 +49,11 @@ func TestCoverageRule(t *testing.T) {
 	}
 
 	// An object the watcher was never told of is covered once it has left
-	// the watcher's set (a transient a relist cannot see); one it was
-	// told of is not.
+	// the watcher's set, its whole stay within a blind window (a
+	// transient a relist cannot see); one it was told of is not.
 	for _, told := range []bool{false, true} {
 		l := newLedger()
+		l.blindWindow("ns", time.Now(), time.Now().Add(time.Hour))
 		l.record(change{obj: o, uid: "u1", rv: 10, op: "create", watchers: []string{w}})
 		if told {
 			l.receive(received{id: "t", watcher: w, data: event.Data{Causes: []watch.Cause{cause(watch.OpAdded, "u1", "10")}}})
@@ -97,5 +98,115 @@ func TestCoverageRule(t *testing.T) {
 	st := l.stats("ns")
 	if st.recv.duplicates != 2 || st.recv.reannounced != 1 || len(st.problems) != 1 {
 		t.Errorf("duplicates %d (want 2), re-announced %d (want 1), problems %q (want 1)", st.recv.duplicates, st.recv.reannounced, st.problems)
+	}
+}
+
+// TestCoverageRuleBlindWindows checks that an object a watcher was never
+// told of is exempt (a transient) only when its whole stay in the
+// watcher's set lies within a blind window of its phase; anywhere else it
+// is lost.
+func TestCoverageRuleBlindWindows(t *testing.T) {
+	const w = "example.com/v1/App/ns/app-00"
+	o := objKey{"ns", "team-0001"}
+	created := func(l *ledger) {
+		l.record(change{obj: o, uid: "u1", rv: 10, op: "create", watchers: []string{w}})
+		time.Sleep(time.Millisecond)
+		l.record(change{obj: o, uid: "u1", rv: 11, op: "update", watchers: []string{w}})
+		time.Sleep(time.Millisecond)
+	}
+	deleted := func(l *ledger) {
+		l.record(change{obj: o, uid: "u1", op: "delete", watchers: []string{w}})
+		time.Sleep(time.Millisecond)
+	}
+	blind := func(l *ledger, ns string, open func()) {
+		from := time.Now()
+		time.Sleep(time.Millisecond)
+		open()
+		l.blindWindow(ns, from, time.Now())
+	}
+	tests := map[string]struct {
+		run        func(l *ledger)
+		uncovered  int
+		transients int
+	}{
+		"created and deleted untold, inside a blind window: transient": {
+			run:        func(l *ledger) { blind(l, "ns", func() { created(l); deleted(l) }) },
+			uncovered:  0,
+			transients: 3,
+		},
+		"created and deleted untold, outside any window: lost": {
+			run:       func(l *ledger) { created(l); deleted(l) },
+			uncovered: 3,
+		},
+		"created and deleted untold, between two windows: lost": {
+			run: func(l *ledger) {
+				blind(l, "ns", func() {})
+				created(l)
+				deleted(l)
+				blind(l, "ns", func() {})
+			},
+			uncovered: 3,
+		},
+		"created before the window, deleted in it: lost": {
+			run: func(l *ledger) {
+				created(l)
+				blind(l, "ns", func() { deleted(l) })
+			},
+			uncovered: 3,
+		},
+		"created in the window, deleted after it: lost": {
+			run: func(l *ledger) {
+				blind(l, "ns", func() { created(l) })
+				deleted(l)
+			},
+			uncovered: 3,
+		},
+		"a window of another phase: lost": {
+			run:       func(l *ledger) { blind(l, "other", func() { created(l); deleted(l) }) },
+			uncovered: 3,
+		},
+		"entered and left untold, across two overlapping windows: transient": {
+			run: func(l *ledger) {
+				from := time.Now()
+				l.record(change{obj: o, uid: "u1", rv: 10, op: "enter", watchers: []string{w}})
+				time.Sleep(time.Millisecond)
+				mid := time.Now()
+				time.Sleep(time.Millisecond)
+				l.record(change{obj: o, uid: "u1", rv: 12, op: "leave", watchers: []string{w}})
+				l.blindWindow("ns", mid, time.Now())
+				l.blindWindow("ns", from, mid)
+			},
+			uncovered:  0,
+			transients: 2,
+		},
+		"still in the set, untold, inside a window: lost": {
+			run:       func(l *ledger) { blind(l, "ns", func() { created(l) }) },
+			uncovered: 2,
+		},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			l := newLedger()
+			tc.run(l)
+			if _, n := l.sweep("ns"); n != tc.uncovered {
+				t.Errorf("%d uncovered, want %d", n, tc.uncovered)
+			}
+			if st := l.stats("ns"); st.transients != tc.transients || st.lost != tc.uncovered {
+				t.Errorf("transients %d, lost %d; want %d, %d", st.transients, st.lost, tc.transients, tc.uncovered)
+			}
+		})
+	}
+
+	// A window recorded after a sweep applies at the next one.
+	l := newLedger()
+	from := time.Now()
+	created(l)
+	deleted(l)
+	if _, n := l.sweep("ns"); n != 3 {
+		t.Errorf("before the window is recorded: %d uncovered, want 3", n)
+	}
+	l.blindWindow("ns", from, time.Now())
+	if _, n := l.sweep("ns"); n != 0 {
+		t.Errorf("after the window is recorded: %d uncovered, want 0", n)
 	}
 }

@@ -41,8 +41,9 @@ type expectation struct {
 	c       *change
 	watcher string
 	covered time.Time // zero while not covered
-	// transient: covered because the object left the watcher's set
-	// before the bridge told anything of it (it may tell it later).
+	// transient: covered because the object's whole stay in the
+	// watcher's set lay within a blind window of its phase and the bridge
+	// told nothing of it (it may tell it later).
 	transient bool
 }
 
@@ -87,14 +88,27 @@ type seenState struct {
 //     it, at start without a checkpoint: "reconcile from scratch") is
 //     after the change returned;
 //   - or, for an object W was never told of at all, once O has left W's
-//     set for good (deleted, or relabelled out: final in the driver): W's
-//     view of O (none) is then O's state, as level-triggered consumers
-//     need. This is how a relist works: an object created and deleted
-//     (or entered and left) while the bridge could not watch (down,
-//     410 Gone, API server restarting) is in no snapshot, so nothing
-//     differs and nothing is announced. Such expectations are counted
-//     as transients, apart. An object W was told is in its set must be
-//     told it left: no exemption there.
+//     set for good (deleted, or relabelled out: final in the driver), if
+//     O's whole stay in W's set lay within one blind window of the phase:
+//     from the change that put it there (create or enter: the first
+//     change recorded for O and W; later only if that write failed as
+//     the API server went away, yet was applied) to the one that ended
+//     it (delete or leave), each at the time its write returned. A
+//     blind window is an interval during which the bridge could not
+//     watch, recorded by the phase that injects the fault (blindWindow):
+//     from just before the fault starts (a kill, kube-apiserver stopping,
+//     the proxy going down) to when the bridge was seen watching again (a
+//     new process ready, a relist stored). This is how a relist works: an object created and
+//     deleted (or entered and left) while the bridge could not watch is
+//     in no snapshot, so nothing differs and nothing is announced, and
+//     W's view of O (none) is O's state, as level-triggered consumers
+//     need. Such expectations are counted as transients, apart. An
+//     object that was in W's set at any moment the bridge could watch
+//     (outside every blind window) must have been told: no exemption
+//     there, it is lost. Nor for an object W was told is in its set: it
+//     must be told it left. A window is applied once recorded (a sweep
+//     before that leaves the expectation pending); overlapping windows
+//     merge.
 //
 // lost causes (the bridge can no longer watch a dependency) and
 // truncated requests cover nothing; they are counted and reported.
@@ -112,9 +126,24 @@ type ledger struct {
 	// history of what each watcher was told about each object, for the
 	// report of a lost change.
 	history map[objWatcher][]string
-	// ended: the object left the watcher's set for good (a leave or a
-	// delete was recorded for it).
-	ended map[seenKey]bool
+	// stays: when each object entered each watcher's set (its first
+	// recorded change for the watcher) and, once a leave or a delete was
+	// recorded, when it left for good.
+	stays map[seenKey]*stay
+	// blind: the windows during which a phase's bridge could not watch,
+	// by namespace (one per phase), sorted and merged.
+	blind map[string][]window
+}
+
+// stay is an object's time in a watcher's set: from the change that put
+// it there to the one that ended it (zero while it is still there).
+type stay struct{ from, to time.Time }
+
+// window is an interval during which the bridge could not watch.
+type window struct{ from, to time.Time }
+
+func (w window) String() string {
+	return w.from.Format("15:04:05.000") + "-" + w.to.Format("15:04:05.000")
 }
 
 type objWatcher struct {
@@ -131,7 +160,8 @@ type recvStats struct {
 func newLedger() *ledger {
 	return &ledger{exps: map[string][]*expectation{}, pending: map[string][]*expectation{}, changes: map[string]int{},
 		seen: map[seenKey]seenState{}, resyncs: map[string][]time.Time{}, ids: map[string]string{},
-		versions: map[string]bool{}, recv: map[string]*recvStats{}, history: map[objWatcher][]string{}, ended: map[seenKey]bool{}}
+		versions: map[string]bool{}, recv: map[string]*recvStats{}, history: map[objWatcher][]string{},
+		stays: map[seenKey]*stay{}, blind: map[string][]window{}}
 }
 
 // record adds a change the driver made, stamped now. A change no
@@ -146,13 +176,61 @@ func (l *ledger) record(c change) {
 	cp := &c
 	l.changes[c.obj.ns]++
 	for _, w := range c.watchers {
+		k := seenKey{watcher: w, obj: c.obj, uid: c.uid}
+		st := l.stays[k]
+		if st == nil {
+			st = &stay{from: c.at}
+			l.stays[k] = st
+		}
 		if c.op == "delete" || c.op == "leave" {
-			l.ended[seenKey{watcher: w, obj: c.obj, uid: c.uid}] = true
+			st.to = c.at
 		}
 		e := &expectation{c: cp, watcher: w}
 		l.exps[c.obj.ns] = append(l.exps[c.obj.ns], e)
 		l.pending[c.obj.ns] = append(l.pending[c.obj.ns], e)
 	}
+}
+
+// blindWindow records that the bridge of the phase in namespace ns could
+// not watch from from to to; overlapping windows merge.
+func (l *ledger) blindWindow(ns string, from, to time.Time) {
+	if to.Before(from) {
+		panic(fmt.Sprintf("blind window %s ends before it starts", window{from, to}))
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	ws := append(l.blind[ns], window{from, to})
+	slices.SortFunc(ws, func(a, b window) int { return a.from.Compare(b.from) })
+	merged := ws[:1]
+	for _, w := range ws[1:] {
+		last := &merged[len(merged)-1]
+		if !w.from.After(last.to) {
+			if w.to.After(last.to) {
+				last.to = w.to
+			}
+			continue
+		}
+		merged = append(merged, w)
+	}
+	l.blind[ns] = merged
+}
+
+// blindWindows are the phase's blind windows so far.
+func (l *ledger) blindWindows(ns string) []window {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return slices.Clone(l.blind[ns])
+}
+
+// blindLocked reports whether [from, to] lies within one blind window of
+// namespace ns.
+func (l *ledger) blindLocked(ns string, from, to time.Time) bool {
+	for _, w := range l.blind[ns] {
+		if !from.Before(w.from) && !to.After(w.to) {
+			return true
+		}
+	}
+	return false
 }
 
 // watcherNamespace is the namespace in a watcher key
@@ -270,7 +348,7 @@ func (l *ledger) coveredLocked(e *expectation) bool {
 	if s.gone || (c.rv > 0 && s.maxRV >= c.rv) {
 		return true
 	}
-	if !told && l.ended[k] {
+	if st := l.stays[k]; !told && st != nil && !st.to.IsZero() && l.blindLocked(c.obj.ns, st.from, st.to) {
 		e.transient = true
 		return true
 	}
@@ -333,9 +411,14 @@ func (l *ledger) stats(ns string) phaseStats {
 		if i == 20 {
 			break
 		}
-		s := l.seen[seenKey{watcher: e.watcher, obj: e.c.obj, uid: e.c.uid}]
-		ps.uncovered = append(ps.uncovered, fmt.Sprintf("%s: %s %s (uid %s) at rv %d, %s; told up to rv %d, gone %t; told %v",
-			e.watcher, e.c.op, e.c.obj, e.c.uid, e.c.rv, e.c.at.Format("15:04:05.000"), s.maxRV, s.gone, l.history[objWatcher{e.watcher, e.c.obj}]))
+		k := seenKey{watcher: e.watcher, obj: e.c.obj, uid: e.c.uid}
+		s := l.seen[k]
+		desc := fmt.Sprintf("%s: %s %s (uid %s) at rv %d, %s; told up to rv %d, gone %t; told %v",
+			e.watcher, e.c.op, e.c.obj, e.c.uid, e.c.rv, e.c.at.Format("15:04:05.000"), s.maxRV, s.gone, l.history[objWatcher{e.watcher, e.c.obj}])
+		if st := l.stays[k]; st != nil && !st.to.IsZero() {
+			desc += fmt.Sprintf("; in the watcher's set %s, blind windows %v", window{st.from, st.to}, l.blind[ns])
+		}
+		ps.uncovered = append(ps.uncovered, desc)
 	}
 	return ps
 }
