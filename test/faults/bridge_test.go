@@ -152,30 +152,6 @@ func (b *bridge) metricSum(ctx context.Context, name string) (float64, error) {
 	return sum, nil
 }
 
-// metric reads one unlabelled metric from /metrics.
-func (b *bridge) metric(ctx context.Context, name string) (float64, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+b.addr+"/metrics", nil)
-	if err != nil {
-		return 0, err
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return 0, fmt.Errorf("bridge %s metrics: %w", b.name, err)
-	}
-	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
-			return strconv.ParseFloat(strings.TrimSpace(v), 64)
-		}
-	}
-	if err := sc.Err(); err != nil {
-		return 0, err
-	}
-	return 0, fmt.Errorf("bridge %s: no metric %s", b.name, name)
-}
-
 // tail is the last n lines of the bridge's output.
 func (b *bridge) tail(n int) string {
 	lines := strings.Split(strings.TrimRight(b.logs.String(), "\n"), "\n")

@@ -627,7 +627,7 @@ func (s *suite) compaction(t *testing.T) row {
 	b := p.startDriving("compaction-0")
 	ctx := context.Background()
 	for i := range runs {
-		before, err := b.metric(ctx, "depbridge_source_lists")
+		before, err := b.metricSum(ctx, "depbridge_source_lists")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -640,7 +640,7 @@ func (s *suite) compaction(t *testing.T) row {
 		p.faultEnded(time.Now())
 		p.waitRelisted(b, before)
 		p.settle(settleTimeout)
-		after, err := b.metric(ctx, "depbridge_source_lists")
+		after, err := b.metricSum(ctx, "depbridge_source_lists")
 		if err != nil {
 			t.Fatal(err)
 		}
