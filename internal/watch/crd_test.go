@@ -21,7 +21,9 @@ import (
 var crdGVR = schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"}
 
 // widgetCRD defines group/Widget (plural widgets), namespaced.
-func widgetCRD(group string) *unstructured.Unstructured { return testCRD(group, "Widget", "Namespaced") }
+func widgetCRD(group string) *unstructured.Unstructured {
+	return testCRD(group, "Widget", "Namespaced")
+}
 
 // gadgetCRD defines group/Gadget (plural gadgets), cluster-scoped.
 func gadgetCRD(group string) *unstructured.Unstructured { return testCRD(group, "Gadget", "Cluster") }
@@ -113,7 +115,6 @@ func TestUnknownCoreKindIsNotPending(t *testing.T) {
 		t.Fatalf("err = %v, pending = %d; want an error and nothing pending", err, e.Stats().Pending)
 	}
 }
-
 
 // stepClock is a discovery clock that moves only when the test says so,
 // and counts how often it is read.
