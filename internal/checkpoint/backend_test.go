@@ -191,21 +191,8 @@ func TestOversizedRecordOnBus(t *testing.T) {
 // A bucket an operator created keeps its settings (here history and
 // memory storage, which an update could not even change) and is used.
 func TestKVKeepsExistingBucket(t *testing.T) {
-	broker, err := testenv.StartNATS()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer broker.Close()
+	broker, js := testenv.StartJetStream(t)
 	ctx := context.Background()
-	nc, err := nats.Connect(broker.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
 	want := jetstream.KeyValueConfig{Bucket: "cp_ops", History: 5, Storage: jetstream.MemoryStorage, Description: "made by ops"}
 	if _, err := js.CreateKeyValue(ctx, want); err != nil {
 		t.Fatal(err)
@@ -248,20 +235,8 @@ func TestKVKeepsExistingBucket(t *testing.T) {
 // A sealed bucket takes no writes: opening it fails, naming the bucket and
 // the setting.
 func TestKVSealedBucket(t *testing.T) {
-	broker, err := testenv.StartNATS()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer broker.Close()
+	_, js := testenv.StartJetStream(t)
 	ctx := context.Background()
-	nc, err := nats.Connect(broker.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
 	if _, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "cp_sealed"}); err != nil {
 		t.Fatal(err)
 	}
@@ -274,7 +249,7 @@ func TestKVSealedBucket(t *testing.T) {
 	if _, err := js.UpdateStream(ctx, cfg); err != nil {
 		t.Fatal(err)
 	}
-	b := NewKV(nc, "cp_sealed")
+	b := NewKV(js.Conn(), "cp_sealed")
 	defer b.Close()
 	if _, err := b.Load(ctx); err == nil || !strings.Contains(err.Error(), `"cp_sealed" is sealed`) {
 		t.Fatalf("load of a sealed bucket: %v", err)

@@ -94,10 +94,9 @@ func freePort() (int, error) {
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
-// StartNATSStream starts a NATS server with JetStream for a test (closed
-// when it ends), creates stream cfg on it, and returns the server, a
-// JetStream client and the stream.
-func StartNATSStream(t testing.TB, cfg jetstream.StreamConfig) (*NATS, jetstream.JetStream, jetstream.Stream) {
+// StartJetStream starts a NATS server with JetStream for a test and
+// connects a JetStream client to it (both closed when it ends).
+func StartJetStream(t testing.TB) (*NATS, jetstream.JetStream) {
 	t.Helper()
 	n, err := StartNATS()
 	if err != nil {
@@ -113,6 +112,14 @@ func StartNATSStream(t testing.TB, cfg jetstream.StreamConfig) (*NATS, jetstream
 	if err != nil {
 		t.Fatal(err)
 	}
+	return n, js
+}
+
+// StartNATSStream is StartJetStream, and creates stream cfg; it returns
+// the stream too.
+func StartNATSStream(t testing.TB, cfg jetstream.StreamConfig) (*NATS, jetstream.JetStream, jetstream.Stream) {
+	t.Helper()
+	n, js := StartJetStream(t)
 	s, err := js.CreateStream(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
