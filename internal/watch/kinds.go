@@ -195,10 +195,10 @@ func (e *Engine) resolvedLocked(gvk schema.GroupVersionKind, res cache.Resource)
 func (e *Engine) appearedLocked(p *pair) {
 	p.waitInitial = false
 	st := p.r
-	var listed bool
-	if s := st.kind.coveringSource(st.ref.Namespace); s != nil && s.ready {
-		listed = true
-	}
+	// Listed: the store holds the scope, from a ready source or from one
+	// being replaced (metadata-only by full), whose successor's first list
+	// then reports only what differs, as addPairLocked assumes too.
+	listed := e.store.Covered(st.kind.res.GroupVersionResource, st.ref.Namespace)
 	if p.confirmed && !listed && e.opts.Checkpoint != nil && !e.toldDiffLocked(p) {
 		e.opts.Checkpoint.Baseline(p.w.ref, st.ref.Key(), e.seenLocked(st))
 	}
