@@ -189,11 +189,14 @@ func (p *processor) handle(ctx context.Context, req *Request) (st *StatusData, e
 }
 
 // final reports whether err is a rejection that does not depend on when
-// the message is handled (decoding, policy, ownership): handling the
-// message again would fail the same way. Other errors (discovery, a
-// timeout, RBAC not bound yet, the API server unavailable) may pass.
+// the message is handled (decoding, policy, ownership, a kind the cluster
+// does not serve and no CRD can define, or one it serves without list and
+// watch): handling the message again would fail the same way. Other
+// errors (discovery failing, a timeout, RBAC not bound yet, the API
+// server unavailable) may pass.
 func final(err error) bool {
-	for _, f := range []error{ErrTooLarge, ErrUnsupported, ErrInvalid, ErrDenied, ErrOwned} {
+	for _, f := range []error{ErrTooLarge, ErrUnsupported, ErrInvalid, ErrDenied, ErrOwned,
+		cache.ErrNoVersionedResource, cache.ErrResourceUnwatchable} {
 		if errors.Is(err, f) {
 			return true
 		}

@@ -393,3 +393,29 @@ func TestRetrySet(t *testing.T) {
 		}
 	})
 }
+
+// Which failures of a replayed message are retried: those that may pass,
+// not those that would fail the same way again (a kind the cluster does
+// not serve, or serves without list and watch, included: an API removed
+// by an upgrade must not keep the bridge retrying, not ready, for ever).
+func TestRetriedFailures(t *testing.T) {
+	for name, tt := range map[string]struct {
+		err  error
+		want bool
+	}{
+		"forbidden":          {errors.New(`configmaps is forbidden: User "depbridge" cannot watch`), true},
+		"timeout":            {fmt.Errorf("waiting for the watch to start: %w", context.DeadlineExceeded), true},
+		"kind not served":    {fmt.Errorf("watched[0]: batch/v1beta1 CronJob: %w", cache.ErrNoVersionedResource), false},
+		"kind not watchable": {fmt.Errorf("watched[0]: v1 Binding: %w", cache.ErrResourceUnwatchable), false},
+		"invalid":            {fmt.Errorf("%w: watcher: no kind", ErrInvalid), false},
+		"denied":             {fmt.Errorf("%w: no rule allows it", ErrDenied), false},
+		"owned":              {ErrOwned, false},
+	} {
+		if got := retried(true, tt.err); got != tt.want {
+			t.Errorf("%s: retried = %v, want %v", name, got, tt.want)
+		}
+		if retried(false, tt.err) {
+			t.Errorf("%s: a live message's failure is retried", name)
+		}
+	}
+}
