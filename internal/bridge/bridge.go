@@ -207,7 +207,7 @@ func (b *Bridge) run(ctx context.Context) error {
 
 	subs := newSubscriptions(nil, routes, b.log)
 	if cp != nil {
-		subs.persist = cp.Flush
+		subs.persist = cp.FlushWatchers
 	} else {
 		subs.resyncPending = true
 	}

@@ -60,9 +60,9 @@ type subscriptions struct {
 	// forget, if set, is told of every watcher removed (its checkpoint
 	// record and what the publisher keeps of it go).
 	forget func(cache.Ref)
-	// persist, if set, writes the checkpoint records changed so far (see
-	// persistNew).
-	persist func(context.Context) error
+	// persist, if set, writes the changed checkpoint records of the
+	// watchers given (see persistNew).
+	persist func(context.Context, ...cache.Ref) error
 	// resyncPending: the bridge keeps no checkpoints and has not sent its
 	// start-up resync yet (guarded by regMu).
 	resyncPending bool
@@ -232,6 +232,7 @@ func (s *subscriptions) setFile(ctx context.Context, subs []config.Subscription)
 		}
 	}
 	s.mu.Unlock()
+	var registered []cache.Ref
 	for _, w := range slices.SortedFunc(maps.Keys(want), func(a, b cache.Ref) int { return cmp.Compare(a.Key(), b.Key()) }) {
 		sub := want[w]
 		s.mu.RLock()
@@ -240,22 +241,27 @@ func (s *subscriptions) setFile(ctx context.Context, subs []config.Subscription)
 		if ok && cur.origin == fromFile && sameSubscription(cur.sub, sub) {
 			continue
 		}
-		s.registerFile(ctx, sub)
+		if s.registerFile(ctx, sub) {
+			registered = append(registered, w)
+		}
 	}
-	s.persistNew(ctx)
+	s.persistNew(ctx, registered...)
 }
 
-func (s *subscriptions) registerFile(ctx context.Context, sub config.Subscription) {
+// registerFile registers a file subscription, or keeps it for retry; it
+// reports whether it registered it.
+func (s *subscriptions) registerFile(ctx context.Context, sub config.Subscription) bool {
 	err := s.register(ctx, sub, fromFile)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err != nil {
 		s.failing[sub.Watcher] = failure{sub: sub, err: err}
 		s.log.Error("subscription not registered; retrying", "watcher", sub.Watcher.Key(), "error", err)
-		return
+		return false
 	}
 	delete(s.failing, sub.Watcher)
 	s.log.Info("subscription registered", "watcher", sub.Watcher.Key(), "watched", len(sub.Watched), "route", sub.Route)
+	return true
 }
 
 // retryFailed registers again the file subscriptions that failed, with
@@ -274,12 +280,13 @@ func (s *subscriptions) retryFailed(ctx context.Context) {
 		s.mu.RLock()
 		retry := slices.Collect(maps.Values(s.failing))
 		s.mu.RUnlock()
+		var registered []cache.Ref
 		for _, f := range retry {
-			s.registerFile(ctx, f.sub)
+			if s.registerFile(ctx, f.sub) {
+				registered = append(registered, f.sub.Watcher)
+			}
 		}
-		if len(retry) > 0 {
-			s.persistNew(ctx)
-		}
+		s.persistNew(ctx, registered...)
 		s.regMu.Unlock()
 		if len(retry) == 0 {
 			delay = time.Second
@@ -316,7 +323,7 @@ func (s *subscriptions) Apply(ctx context.Context, sub config.Subscription) erro
 	if err := s.register(ctx, sub, fromControl); err != nil {
 		return invalid(err)
 	}
-	s.persistNew(ctx)
+	s.persistNew(ctx, sub.Watcher)
 	return nil
 }
 
@@ -327,16 +334,25 @@ func (s *subscriptions) Apply(ctx context.Context, sub config.Subscription) erro
 // which the checkpoint store otherwise writes only at its next interval:
 // a bridge stopped before that would restart with no record of the
 // watcher, take a new baseline, and never tell it what changed in
-// between. A failed write is logged, not returned: the subscription is
-// registered, and the store writes the record at its next interval.
-func (s *subscriptions) persistNew(ctx context.Context) {
-	if s.persist == nil {
+// between. Only the records of ws are written, for at most
+// persistTimeout: registrations wait for no other watcher's record, nor
+// long for a checkpoint store that is down. A failed write is logged, not
+// returned: the subscription is registered, and the store writes the
+// record at its next interval.
+func (s *subscriptions) persistNew(ctx context.Context, ws ...cache.Ref) {
+	if s.persist == nil || len(ws) == 0 {
 		return
 	}
-	if err := s.persist(ctx); err != nil {
-		s.log.Warn("checkpoint write after registering subscriptions failed; retried at the checkpoint interval", "error", err)
+	ctx, cancel := context.WithTimeout(ctx, persistTimeout)
+	defer cancel()
+	if err := s.persist(ctx, ws...); err != nil {
+		s.log.Warn("checkpoint write after registering subscriptions failed; retried at the checkpoint interval",
+			"watchers", len(ws), "error", err)
 	}
 }
+
+// persistTimeout bounds persistNew's write.
+const persistTimeout = 10 * time.Second
 
 // Delete removes a run-time subscription; an unknown watcher is fine.
 func (s *subscriptions) Delete(_ context.Context, w cache.Ref) error {
@@ -378,7 +394,7 @@ func (s *subscriptions) Query(ctx context.Context, w cache.Ref, route string, in
 	if err != nil {
 		return nil, invalid(err)
 	}
-	s.persistNew(ctx)
+	s.persistNew(ctx, sub.Watcher)
 	return res, nil
 }
 

@@ -216,7 +216,7 @@ func (s *Store) Telling(ctx context.Context, w cache.Ref, causes []watch.Cause) 
 	s.maybe[k] = next
 	s.dirty[k] = true
 	s.mu.Unlock()
-	if err := s.flush(ctx, k); err != nil {
+	if err := s.flush(ctx, []string{k}); err != nil {
 		return fmt.Errorf("record objects %s may be told of: %w", k, err)
 	}
 	return nil
@@ -312,22 +312,32 @@ func (s *Store) Start(ctx context.Context) error {
 // called is written, except those too large for the backend (see the
 // package doc).
 func (s *Store) Flush(ctx context.Context) error {
-	return s.flush(ctx, "")
+	return s.flush(ctx, nil)
 }
 
-// flush writes the changed records, or only watcher only's if it is not
-// "".
-func (s *Store) flush(ctx context.Context, only string) error {
+// FlushWatchers writes the changed records of watchers ws only, as Flush
+// does: a caller that needs some records durable (the baselines of
+// subscriptions just registered) waits for no others.
+func (s *Store) FlushWatchers(ctx context.Context, ws ...cache.Ref) error {
+	keys := make([]string, len(ws))
+	for i, w := range ws {
+		keys[i] = w.Key()
+	}
+	return s.flush(ctx, keys)
+}
+
+// flush writes the changed records: all, or, if only is not nil, those of
+// the watchers (by key) in only.
+func (s *Store) flush(ctx context.Context, only []string) error {
 	s.flushMu.Lock()
 	defer s.flushMu.Unlock()
 	limit := s.b.MaxRecordBytes()
 	s.mu.Lock()
 	keys := slices.Collect(maps.Keys(s.dirty))
-	if only != "" {
-		keys = nil
-		if s.dirty[only] {
-			keys = []string{only}
-		}
+	if only != nil {
+		keys = slices.DeleteFunc(slices.Clone(only), func(k string) bool { return !s.dirty[k] })
+		slices.Sort(keys)
+		keys = slices.Compact(keys)
 	}
 	if len(keys) == 0 {
 		s.mu.Unlock()

@@ -299,6 +299,34 @@ func newObject(ref cache.Ref, name string) watch.Cause {
 	return watch.Cause{Watched: ref, Namespace: "ns", Name: name, UID: types.UID("uid-" + name), ResourceVersion: "1", Op: watch.OpAdded}
 }
 
+// FlushWatchers writes the changed records of the watchers named and no
+// other; the others stay changed, for the next Flush.
+func TestFlushWatchers(t *testing.T) {
+	ctx := context.Background()
+	b := &limitedBackend{limit: 1 << 20, recs: map[string][]byte{}}
+	s := New(b, Options{})
+	sel := cache.Ref{Version: "v1", Kind: "ConfigMap", Selector: "*"}
+	a, c, other := watcher("a"), watcher("c"), watcher("other")
+	for _, w := range []cache.Ref{a, c, other} {
+		s.Baseline(w, sel.Key(), nil)
+	}
+	if err := s.FlushWatchers(ctx, a, c, a); err != nil {
+		t.Fatal(err)
+	}
+	if len(b.writes) != 1 || len(b.writes[0]) != 2 || b.writes[0][a.Key()] == nil || b.writes[0][c.Key()] == nil {
+		t.Fatalf("FlushWatchers(a, c, a) wrote %v, want the records of a and c", b.writes)
+	}
+	if err := s.FlushWatchers(ctx, a); err != nil || len(b.writes) != 1 {
+		t.Fatalf("FlushWatchers of an unchanged record wrote %d times, err %v; want no write", len(b.writes)-1, err)
+	}
+	if err := s.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if len(b.writes) != 2 || len(b.writes[1]) != 1 || b.writes[1][other.Key()] == nil {
+		t.Fatalf("the next Flush wrote %v, want other's record alone", b.writes[1:])
+	}
+}
+
 // A record too large for the backend is not written, and keeps its last
 // written record: it blocks neither the other watchers' records nor its
 // own watcher's delivery, and is logged once.
