@@ -160,8 +160,14 @@ type watcherState struct {
 type pair struct {
 	w *watcherState
 	r *refState
-	// confirmed once the call that added it has returned successfully.
+	// confirmed once a call that named it has returned successfully (the
+	// one that added it, or a concurrent one that waited for it): from
+	// then on no rollback removes it.
 	confirmed bool
+	// addedPending: added while its kind was not served; it is told of
+	// its objects as added when the kind appears (appearedLocked), never
+	// given an initial reconcile.
+	addedPending bool
 	// waitInitial: the pair was added before its scope was listed; it gets
 	// its initial reconcile (if any) when a covering source is ready, and
 	// relist differences are not sent to it meanwhile.

@@ -291,3 +291,41 @@ func TestKindGoneDoesNotWaitForDiscovery(t *testing.T) {
 		t.Fatalf("stats = %+v, want the dependency pending", st)
 	}
 }
+
+// A call that fails does not take away a dependency a concurrent call
+// named too and has returned on: that call confirmed it, with its initial
+// reconcile, and its watcher keeps hearing of it.
+func TestRollbackKeepsWhatAnotherCallReturnedOn(t *testing.T) {
+	ns1, ns2 := namespace(t), namespace(t)
+	createCM(t, ns1, "a", nil)
+	createCM(t, ns2, "b", nil)
+	g := testenv.NewFaults()
+	rec := newRecorder()
+	e := startEngine(t, g.Wrap(integration(t).Config), rec, Options{})
+	w := watcher("rolled-back")
+	hold(t, g, isCollection(ns2, "configmaps"))
+	ctxA, cancelA := context.WithCancel(ctxT(t))
+	defer cancelA()
+	errA := make(chan error, 1)
+	go func() { errA <- e.AddWatcher(ctxA, w, cmRef(ns1, "a"), cmRef(ns2, "b")) }()
+	heldRequest(t, g) // A added both and waits for ns2's list
+	if err := e.AddWatcher(ctxT(t), w, cmRef(ns1, "a")); err != nil {
+		t.Fatalf("B: %v", err)
+	}
+	cancelA()
+	if err := receive(t, errA, wait, "A did not return"); !errors.Is(err, context.Canceled) {
+		t.Fatalf("A = %v, want context.Canceled", err)
+	}
+	reqs := rec.waitFor(t, w, 1)
+	if c := reqs[0].Causes; len(c) != 1 || c[0].Op != OpInitial || c[0].Name != "a" {
+		t.Fatalf("first request %+v, want the initial reconcile of %s/a", reqs[0], ns1)
+	}
+	if st := e.Stats(); st.Watchers != 1 || st.Watched != 1 {
+		t.Fatalf("stats = %+v, want the watcher with its one dependency left", st)
+	}
+	updateCM(t, ns1, "a", nil)
+	reqs = rec.waitFor(t, w, 2)
+	if c := reqs[1].Causes; len(c) != 1 || c[0].Op != OpModified || c[0].Name != "a" {
+		t.Fatalf("after an update of a: %+v, want it modified", reqs[1])
+	}
+}

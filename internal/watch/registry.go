@@ -114,7 +114,7 @@ func (e *Engine) register(ctx context.Context, watcher cache.Ref, watched []cach
 	if opts != nil && opts.Debounce < 0 {
 		return nil, fmt.Errorf("%w: watcher %s: negative debounce %s", ErrInvalidInput, watcher, opts.Debounce)
 	}
-	c := &registration{e: e, watcher: watcher, opts: opts, batch: batch, addedPending: map[*pair]bool{}}
+	c := &registration{e: e, watcher: watcher, opts: opts, batch: batch}
 	for {
 		// Discovery happens before the lock is taken, and before anything
 		// changes, so that a bad kind changes nothing. It is redone when
@@ -184,10 +184,9 @@ type registration struct {
 	// to restore them on failure unless a later call changed them again.
 	optsWS            *watcherState
 	prevOpts, setOpts WatcherOptions
-	// added are the pairs this call created; addedPending those of them
-	// created while their kind was not served.
-	added        []*pair
-	addedPending map[*pair]bool
+	// added are the pairs this call created; named, those it names, as
+	// last applied.
+	added, named []*pair
 }
 
 // bodies reports whether the call reads objects' bodies.
@@ -241,25 +240,25 @@ func (c *registration) applyLocked(rs []resolved) ([]*pair, error) {
 		if p == nil {
 			p = e.addPairLocked(ws, st)
 			c.added = append(c.added, p)
-			if st.kind == nil {
-				c.addedPending[p] = true
-			}
 		}
 		named = append(named, p)
 	}
 	for k := range kinds {
 		e.planLocked(k)
 	}
+	c.named = named
 	return named, nil
 }
 
-// rollbackLocked drops the pairs the call added and restores the options
-// it replaced (unless another call set others since).
+// rollbackLocked drops the pairs the call added, except those a
+// concurrent call that named them too has confirmed (it returned on them),
+// and restores the options it replaced (unless another call set others
+// since).
 func (c *registration) rollbackLocked() {
 	e := c.e
 	kinds := map[*kindState]bool{}
 	for _, p := range c.added {
-		if p.w.pairs[p.r] == p {
+		if p.w.pairs[p.r] == p && !p.confirmed {
 			if p.r.kind != nil {
 				kinds[p.r.kind] = true
 			}
@@ -277,18 +276,20 @@ func (c *registration) rollbackLocked() {
 	}
 }
 
-// confirmLocked marks the pairs the call added as registered and sends
-// their initial reconciles if their scope was listed already; others get
-// them when it is (maybeReadyLocked). A pair added while its kind was not
-// served and since resolved was told of its objects as added
-// (resolvedLocked).
+// confirmLocked marks the pairs the call names as registered, those a
+// concurrent call added and has not confirmed yet included (this call
+// returns on them, so no rollback may drop them), and sends the initial
+// reconciles of those whose scope was listed already; others get them when
+// it is (maybeReadyLocked). A pair added while its kind was not served
+// gets none: it is told of its objects as added when the kind appears
+// (appearedLocked).
 func (c *registration) confirmLocked() {
-	for _, p := range c.added {
-		if p.w.pairs[p.r] != p {
-			continue // dropped since by another call
+	for _, p := range c.named {
+		if p.w.pairs[p.r] != p || p.confirmed {
+			continue // dropped since by another call, or confirmed before
 		}
 		p.confirmed = true
-		if !p.waitInitial && !c.addedPending[p] {
+		if !p.waitInitial && !p.addedPending {
 			c.e.initialLocked(p)
 		}
 	}
@@ -386,7 +387,7 @@ func (e *Engine) detachLocked(st *refState) {
 }
 
 func (e *Engine) addPairLocked(ws *watcherState, st *refState) *pair {
-	p := &pair{w: ws, r: st, bodies: ws.opts.Objects}
+	p := &pair{w: ws, r: st, bodies: ws.opts.Objects, addedPending: st.kind == nil}
 	// Not listed yet: the initial reconcile waits for the list.
 	p.waitInitial = st.kind == nil || !e.store.Covered(st.kind.res.GroupVersionResource, st.ref.Namespace)
 	ws.pairs[st] = p
