@@ -160,6 +160,7 @@ func (s *subscriptions) change(e entry, register func() error) error {
 		e.settled = nil
 		s.subs[w] = e
 	case had:
+		prev.settled = nil // settled: registrations never overlap (regMu)
 		s.subs[w] = prev
 	default:
 		delete(s.subs, w)
