@@ -221,6 +221,36 @@ func retried(replay bool, err error) bool {
 	return replay && err != nil && !final(err)
 }
 
+// outcome settles, for a transport, how handling a stored message (of
+// watcher, its key or subject when it did not decode) under the run
+// context ctx came out, in the same way on every bus. done is true when
+// the transport stops there, returning t: interrupted (the channel stops;
+// the message stays on the bus for the next start) or, for a replayed
+// message, a failure that may pass (t, for the retry set). Otherwise the
+// message is counted (unless restored) and the transport goes on to
+// answer it or put the bus back.
+func (p *processor) outcome(ctx context.Context, log *slog.Logger, req *Request, err error, watcher string,
+	replay, restored bool, start time.Time) (t *transient, done bool) {
+	switch {
+	case interrupted(ctx, err):
+		log.Info("control message not handled: the control channel is stopping; it will be handled at the next start", "err", err)
+		return nil, true
+	case retried(replay, err):
+		// Its subscription is not restored; the retry set handles it
+		// again, and counts it once it is carried out.
+		log.Warn("replayed control message failed; retrying", "err", err)
+		return &transient{watcher: watcher, err: err}, true
+	}
+	if !restored {
+		typ := ""
+		if req != nil {
+			typ = req.Type
+		}
+		p.metrics.observe(typ, err, time.Since(start))
+	}
+	return nil, false
+}
+
 // rejected is the status of a message rejected before it was carried
 // out; req may be nil or partial (no watcher).
 func rejected(req *Request, err error) *StatusData {

@@ -346,24 +346,8 @@ func (t *Kafka) process(ctx context.Context, m kafka.Message, replay bool) *tran
 			log = log.With("watcher", req.Watcher.Key())
 		}
 	}
-	if interrupted(ctx, err) {
-		// Not carried out: it stays its key's last record, and the replay
-		// at the next start handles it.
-		log.Info("control message not handled: the control channel is stopping; it will be handled at the next start", "err", err)
-		return nil
-	}
-	if retried(replay, err) {
-		// Its subscription is not restored; the retry set handles it
-		// again, and counts it once it is carried out.
-		log.Warn("replayed control message failed; retrying", "err", err)
-		return &transient{watcher: key, err: err}
-	}
-	typ := ""
-	if req != nil {
-		typ = req.Type
-	}
-	if !restored {
-		t.proc.metrics.observe(typ, err, time.Since(start))
+	if tr, done := t.proc.outcome(ctx, log, req, err, key, replay, restored, start); done {
+		return tr
 	}
 	if err != nil {
 		log.Warn("control message rejected", "err", err)

@@ -386,28 +386,12 @@ func (t *NATS) process(ctx context.Context, m *nats.Msg, seq uint64, replay bool
 	if req != nil {
 		log = log.With("watcher", req.Watcher.Key(), "type", req.Type, "event_id", req.ID)
 	}
-	if interrupted(ctx, err) {
-		// Not carried out: it stays the subject's last message, and the
-		// replay at the next start handles it.
-		log.Info("control message not handled: the control channel is stopping; it will be handled at the next start", "err", err)
-		return nil
-	}
-	if retried(replay, err) {
-		// Its subscription is not restored; the retry set handles it
-		// again, and counts it once it is carried out.
-		log.Warn("replayed control message failed; retrying", "err", err)
-		watcher := m.Subject
-		if req != nil {
-			watcher = req.Watcher.Key()
-		}
-		return &transient{watcher: watcher, err: err}
-	}
-	typ := ""
+	watcher := m.Subject
 	if req != nil {
-		typ = req.Type
+		watcher = req.Watcher.Key()
 	}
-	if !restored {
-		t.proc.metrics.observe(typ, err, time.Since(start))
+	if tr, done := t.proc.outcome(ctx, log, req, err, watcher, replay, restored, start); done {
+		return tr
 	}
 	if err != nil {
 		log.Warn("control message rejected", "err", err)
