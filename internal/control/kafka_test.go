@@ -403,47 +403,6 @@ func TestKafkaRestart(t *testing.T) {
 	h2.rec.waitFor(t, queried, "modified b", func(c watch.Cause) bool { return c.Op == watch.OpModified && c.Name == "b" })
 }
 
-// TestKafkaStopInFlight: a record being handled when the channel stops
-// is not answered, not counted and not replaced in the topic: it was not
-// carried out, and the next start does it.
-func TestKafkaStopInFlight(t *testing.T) {
-	addr := startKafka(t)
-	start := func(subs *stallSubs, m *Metrics) func() {
-		tr, err := NewKafka(config.Control{Sink: "bus", Subject: topic, Policy: testPolicy(false)},
-			config.Kafka{Brokers: []string{addr}, WriteTimeout: metav1.Duration{Duration: 5 * time.Second}}, subs,
-			Options{Logger: testLogger(t), Metrics: m, MessageTimeout: 20 * time.Second})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return runTransport(t, tr)
-	}
-	subs, m := newStallSubs(true), newTestMetrics(t)
-	stop := start(subs, m)
-	c := newKafkaClient(t, addr)
-	w := fnRef("ns", "fn")
-	e := newEvent(t, "in-flight", TypeApply, applyData(w, cmRef("ns", "a")))
-	c.produce(t, w.Key(), &e, sink.Binary)
-	subs.waitStall(t)
-	stop()
-	select {
-	case s := <-c.status:
-		t.Errorf("status after the stop: %s", s.Value)
-	case <-time.After(500 * time.Millisecond):
-	}
-	noCount(t, m)
-	last, ok := lastRecord(t, addr, w.Key())
-	if !ok || kafkaHeader(last, "ce_id") != "in-flight" || kafkaHeader(last, hdrRestoredKafka) != "" {
-		t.Fatalf("the record in flight is no longer its key's last: %v %+v", ok, last)
-	}
-
-	// The next start carries it out.
-	subs2 := newStallSubs(false)
-	start(subs2, newTestMetrics(t))
-	if got, want := subs2.appliedKeys(), []string{w.Key()}; !slices.Equal(got, want) {
-		t.Errorf("applied at the next start: %v, want %v", got, want)
-	}
-}
-
 func TestKafkaTopics(t *testing.T) {
 	addr := startKafka(t, kfake.SeedTopics(1, "plain"))
 	h := &harness{subs: &engineSubs{}}

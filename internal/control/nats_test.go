@@ -566,46 +566,6 @@ func TestNATSPolicyClusterScoped(t *testing.T) {
 	}
 }
 
-// TestNATSStopInFlight: a message being handled when the channel stops
-// is not answered, not counted and not removed from the stream: it was
-// not carried out, and the next start does it.
-func TestNATSStopInFlight(t *testing.T) {
-	srv := startNATS(t, t.TempDir())
-	start := func(subs *stallSubs, m *Metrics) func() {
-		tr, err := NewNATS(config.Control{Sink: "bus", Subject: prefix, Policy: testPolicy(false)}, config.NATSConn{URL: natsURL(srv)}, subs,
-			Options{Logger: testLogger(t), Metrics: m, MessageTimeout: 20 * time.Second})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return runTransport(t, tr)
-	}
-	subs, m := newStallSubs(true), newTestMetrics(t)
-	stop := start(subs, m)
-	c := newNATSClient(t, srv)
-	w := fnRef("ns", "fn")
-	subject := WatcherSubject(prefix, w)
-	c.publish(t, subject, newEvent(t, "in-flight", TypeApply, applyData(w, cmRef("ns", "a"))), sink.Binary)
-	subs.waitStall(t)
-	stop()
-	c.noStatus(t, 300*time.Millisecond)
-	noCount(t, m)
-	s, err := c.js.Stream(context.Background(), DefaultStream)
-	if err != nil {
-		t.Fatal(err)
-	}
-	last, err := s.GetLastMsgForSubject(context.Background(), subject)
-	if err != nil || last.Header.Get("ce-id") != "in-flight" || last.Header.Get(hdrRestored) != "" {
-		t.Fatalf("the message in flight is no longer the subject's last: %v %v", last, err)
-	}
-
-	// The next start carries it out.
-	subs2 := newStallSubs(false)
-	start(subs2, newTestMetrics(t))
-	if got, want := subs2.appliedKeys(), []string{w.Key()}; !slices.Equal(got, want) {
-		t.Errorf("applied at the next start: %v, want %v", got, want)
-	}
-}
-
 func encodeNATS(t testing.TB, subject string, e ce.Event) *nats.Msg {
 	t.Helper()
 	m, err := sink.EncodeNATS(context.Background(), subject, sink.Binary, &e)

@@ -12,6 +12,7 @@ import (
 
 	ce "github.com/cloudevents/sdk-go/v2/event"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 
 	"github.com/depbridge/depbridge/internal/cache"
@@ -90,6 +91,13 @@ type replayBus struct {
 	// send stores e on the bus as a message of its watcher w and returns
 	// the status of a running transport.
 	send func(t *testing.T, w cache.Ref, e ce.Event) StatusData
+	// store stores e as a message of w and returns at once.
+	store func(t *testing.T, w cache.Ref, e ce.Event)
+	// noStatus fails the test if a status comes within a short while.
+	noStatus func(t *testing.T)
+	// last is the id of w's last message on the bus, and whether it is
+	// a restore (the bus put back after a rejection).
+	last func(t *testing.T, w cache.Ref) (id string, restore bool)
 }
 
 func natsBus(t *testing.T) replayBus {
@@ -109,6 +117,19 @@ func natsBus(t *testing.T) replayBus {
 			_, st := c.waitStatus(t, e.ID())
 			return st
 		},
+		store:    func(t *testing.T, w cache.Ref, e ce.Event) { c.publish(t, WatcherSubject(prefix, w), e, sink.Binary) },
+		noStatus: func(t *testing.T) { c.noStatus(t, 300*time.Millisecond) },
+		last: func(t *testing.T, w cache.Ref) (string, bool) {
+			s, err := c.js.Stream(context.Background(), DefaultStream)
+			if err != nil {
+				t.Fatal(err)
+			}
+			m, err := s.GetLastMsgForSubject(context.Background(), WatcherSubject(prefix, w))
+			if err != nil {
+				t.Fatalf("last message of %s: %v", w.Key(), err)
+			}
+			return m.Header.Get("ce-id"), m.Header.Get(hdrRestored) != ""
+		},
 	}
 }
 
@@ -118,7 +139,8 @@ func kafkaBus(t *testing.T) replayBus {
 	return replayBus{
 		start: func(t *testing.T, subs Subscriptions, m *Metrics) (Transport, func()) {
 			tr, err := NewKafka(config.Control{Sink: "bus", Subject: topic, Policy: testPolicy(false)},
-				config.Kafka{Brokers: []string{addr}}, subs, Options{Logger: testLogger(t), Metrics: m, MessageTimeout: 20 * time.Second})
+				config.Kafka{Brokers: []string{addr}, WriteTimeout: metav1.Duration{Duration: 5 * time.Second}}, subs,
+				Options{Logger: testLogger(t), Metrics: m, MessageTimeout: 20 * time.Second})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -133,8 +155,50 @@ func kafkaBus(t *testing.T) replayBus {
 			_, st := c.waitStatus(t, e.ID())
 			return st
 		},
+		store: func(t *testing.T, w cache.Ref, e ce.Event) { c.produce(t, w.Key(), &e, sink.Binary) },
+		noStatus: func(t *testing.T) {
+			select {
+			case s := <-c.status:
+				t.Errorf("status after the stop: %s", s.Value)
+			case <-time.After(500 * time.Millisecond):
+			}
+		},
+		last: func(t *testing.T, w cache.Ref) (string, bool) {
+			m, ok := lastRecord(t, addr, w.Key())
+			if !ok {
+				t.Fatalf("no record of %s", w.Key())
+			}
+			return kafkaHeader(m, "ce_id"), kafkaHeader(m, hdrRestoredKafka) != ""
+		},
 	}
 }
+
+// testStopInFlight: a message being handled when the channel stops is not
+// answered, not counted and not removed or replaced on the bus: it was not
+// carried out, and the next start does it.
+func testStopInFlight(t *testing.T, bus replayBus) {
+	subs, m := newStallSubs(true), newTestMetrics(t)
+	_, stop := bus.start(t, subs, m)
+	w := fnRef("ns", "fn")
+	bus.store(t, w, newEvent(t, "in-flight", TypeApply, applyData(w, cmRef("ns", "a"))))
+	subs.waitStall(t)
+	stop()
+	bus.noStatus(t)
+	noCount(t, m)
+	if id, restore := bus.last(t, w); id != "in-flight" || restore {
+		t.Fatalf("the message in flight is no longer its watcher's last: id %q, restore %v", id, restore)
+	}
+
+	// The next start carries it out.
+	subs2 := newStallSubs(false)
+	bus.start(t, subs2, newTestMetrics(t))
+	if got, want := subs2.appliedKeys(), []string{w.Key()}; !slices.Equal(got, want) {
+		t.Errorf("applied at the next start: %v, want %v", got, want)
+	}
+}
+
+func TestNATSStopInFlight(t *testing.T)  { testStopInFlight(t, natsBus(t)) }
+func TestKafkaStopInFlight(t *testing.T) { testStopInFlight(t, kafkaBus(t)) }
 
 // seedApply stores an accepted apply of w watching a on bus, through a
 // transport that is stopped afterwards.
