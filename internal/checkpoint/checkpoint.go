@@ -29,7 +29,7 @@
 // A baseline (what a dependency registered without a request starts from)
 // is the other record whose loss would lose changes: with no record, a
 // restart starts from the state then. Baseline never blocks, so the caller
-// that registers subscriptions calls Flush before it reports them
+// that registers subscriptions calls FlushWatchers before it reports them
 // registered (the bridge does).
 package checkpoint
 

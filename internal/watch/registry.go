@@ -127,9 +127,9 @@ func (e *Engine) register(ctx context.Context, watcher cache.Ref, watched []cach
 			return nil, err
 		}
 		e.mu.Lock()
-		named, err := c.applyLocked(rs)
+		err = c.applyLocked(rs)
 		if err == nil {
-			err = e.waitReadyLocked(ctx, c.ws, named, c.bodies())
+			err = e.waitReadyLocked(ctx, c.ws, c.named, c.bodies())
 		}
 		if errors.Is(err, errStartOver) {
 			e.mu.Unlock()
@@ -143,8 +143,8 @@ func (e *Engine) register(ctx context.Context, watcher cache.Ref, watched []cach
 		c.confirmLocked()
 		if replace {
 			kinds := map[*kindState]bool{}
-			keep := make(map[*pair]bool, len(named))
-			for _, p := range named {
+			keep := make(map[*pair]bool, len(c.named))
+			for _, p := range c.named {
 				keep[p] = true
 			}
 			for st, p := range c.ws.pairs {
@@ -195,15 +195,15 @@ func (c *registration) bodies() bool {
 }
 
 // applyLocked registers the watcher (if needed), sets its options and adds
-// the dependencies it lacks, and returns the pairs for rs, in order.
-func (c *registration) applyLocked(rs []resolved) ([]*pair, error) {
+// the dependencies it lacks; c.named are then the pairs for rs, in order.
+func (c *registration) applyLocked(rs []resolved) error {
 	e := c.e
 	if err := e.checkRunningLocked(); err != nil {
-		return nil, err
+		return err
 	}
 	ws := e.watchers[c.watcher]
 	if ws != nil && ws.batch != nil && ws.batch != c.batch {
-		return nil, fmt.Errorf("%w: %s", ErrBatchInProgress, c.watcher)
+		return fmt.Errorf("%w: %s", ErrBatchInProgress, c.watcher)
 	}
 	if ws == nil {
 		ws = &watcherState{ref: c.watcher, pairs: map[*refState]*pair{}}
@@ -221,6 +221,8 @@ func (c *registration) applyLocked(rs []resolved) ([]*pair, error) {
 	if c.batch != nil {
 		want.Objects = true
 	}
+	// Options.DisableInitialReconcile holds for every watcher, whatever
+	// its NoInitial says.
 	want.NoInitial = want.NoInitial || e.opts.DisableInitialReconcile
 	if want != ws.opts {
 		if c.optsWS != ws {
@@ -247,7 +249,7 @@ func (c *registration) applyLocked(rs []resolved) ([]*pair, error) {
 		e.planLocked(k)
 	}
 	c.named = named
-	return named, nil
+	return nil
 }
 
 // rollbackLocked drops the pairs the call added, except those a
@@ -424,10 +426,9 @@ func (e *Engine) removePairLocked(p *pair) {
 }
 
 // setOptionsLocked changes a watcher's options, keeping body counts right.
-// Options.DisableInitialReconcile holds for every watcher, whatever its
-// NoInitial says.
+// opts are as applyLocked decides them (Options.DisableInitialReconcile
+// included).
 func (e *Engine) setOptionsLocked(ws *watcherState, opts WatcherOptions) {
-	opts.NoInitial = opts.NoInitial || e.opts.DisableInitialReconcile
 	if ws.opts.Objects != opts.Objects {
 		kinds := map[*kindState]bool{}
 		for _, p := range ws.pairs {
