@@ -90,13 +90,14 @@ func NewHTTP(name string, cfg config.HTTP, log *slog.Logger) (*HTTP, error) {
 		// Hand the 3xx to Send, which makes it an error.
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 	}
+	endpoint := redactedURL(u)
 	return &HTTP{
 		client:   client,
 		url:      cfg.URL,
-		endpoint: redactedURL(u),
+		endpoint: endpoint,
 		headers:  headers,
 		timeout:  cfg.Timeout.Duration,
-		log:      log.With("endpoint", redactedURL(u)),
+		log:      log.With("endpoint", endpoint),
 		slots:    make(chan struct{}, cfg.MaxConnections),
 	}, nil
 }
