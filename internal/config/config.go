@@ -146,7 +146,9 @@ type Route struct {
 	// Mode is the CloudEvents content mode: "binary" (default) or
 	// "structured".
 	Mode string `json:"mode,omitempty"`
-	// IncludeObjects adds the watched objects, from the cache, to each event.
+	// IncludeObjects adds the watched objects, from the cache, to each
+	// event. An event the sink refuses for its size with them is sent
+	// without them, its data marked objectsOmitted.
 	IncludeObjects bool `json:"includeObjects,omitempty"`
 	// IncludeSecretData keeps Secret data and stringData in included
 	// objects; without it they are removed.

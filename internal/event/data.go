@@ -20,6 +20,9 @@ type Data struct {
 	// Objects are snapshots of the watched objects, present only when the
 	// route includes objects.
 	Objects []map[string]any `json:"objects,omitempty"`
+	// ObjectsOmitted says the route includes objects but this event does
+	// not: with them, it was too large for the sink.
+	ObjectsOmitted bool `json:"objectsOmitted,omitempty"`
 }
 
 // encode returns d encoded as JSON: exactly the bytes encoding/json gives
@@ -51,13 +54,16 @@ func (d *Data) encode() ([]byte, error) {
 	if objs != nil {
 		b = append(append(b, `,"objects":`...), objs...)
 	}
+	if d.ObjectsOmitted {
+		b = append(b, `,"objectsOmitted":true`...)
+	}
 	return append(b, '}'), nil
 }
 
 // sizeHint is about the length of d's JSON without objects, so that one
 // allocation usually holds it.
 func (d *Data) sizeHint() int {
-	n := 64 + refSize(&d.Watcher)
+	n := 96 + refSize(&d.Watcher)
 	for i := range d.Causes {
 		c := &d.Causes[i]
 		n += 96 + refSize(&c.Watched) + len(c.Namespace) + len(c.Name) + len(c.UID) +

@@ -45,6 +45,7 @@ func TestDataJSONMatchesEncodingJSON(t *testing.T) {
 		},
 		"objects": {Watcher: watcherCM, Causes: request().Causes,
 			Objects: []map[string]any{secret().Object, deployment().Object}},
+		"objects omitted": {Watcher: watcherCM, Causes: request().Causes, ObjectsOmitted: true},
 	}
 	for name, d := range tests {
 		t.Run(name, func(t *testing.T) {
@@ -78,15 +79,15 @@ func TestDataJSONFields(t *testing.T) {
 			"group,omitempty", "version", "kind", "namespace,omitempty", "name,omitempty", "selector,omitempty"}},
 		"watch.Cause": {reflect.TypeFor[watch.Cause](), []string{
 			"watched,omitzero", "namespace,omitempty", "name,omitempty", "uid,omitempty", "resourceVersion,omitempty", "op", "reason,omitempty"}},
-		"Data": {reflect.TypeFor[Data](), []string{"watcher", "causes", "truncated", "objects,omitempty"}},
+		"Data": {reflect.TypeFor[Data](), []string{"watcher", "causes", "truncated", "objects,omitempty", "objectsOmitted,omitempty"}},
 	}
 	for name, tt := range tests {
 		t.Run(name, func(t *testing.T) {
 			var got []string
 			for f := range tt.typ.Fields() {
 				got = append(got, f.Tag.Get("json"))
-				if k := f.Type.Kind(); f.Type != reflect.TypeFor[cache.Ref]() && k != reflect.String && k != reflect.Int && k != reflect.Slice {
-					t.Errorf("field %s is a %s: the hand-written encoder writes strings, ints and the known slices only", f.Name, f.Type)
+				if k := f.Type.Kind(); f.Type != reflect.TypeFor[cache.Ref]() && k != reflect.String && k != reflect.Int && k != reflect.Slice && k != reflect.Bool {
+					t.Errorf("field %s is a %s: the hand-written encoder writes strings, ints, bools and the known slices only", f.Name, f.Type)
 				}
 			}
 			if !slices.Equal(got, tt.want) {
@@ -100,16 +101,17 @@ func TestDataJSONFields(t *testing.T) {
 // any strings.
 func FuzzDataJSON(f *testing.F) {
 	for _, s := range []string{"", "plain", `"q"`, `\`, "<>&", "ü", "\x00", "\xff", "\u2028", "a b"} {
-		f.Add(s, s+"x", 3)
+		f.Add(s, s+"x", 3, s == "")
 	}
-	f.Fuzz(func(t *testing.T, a, b string, n int) {
+	f.Fuzz(func(t *testing.T, a, b string, n int, omitted bool) {
 		d := Data{
 			Watcher: cache.Ref{Group: a, Version: b, Kind: a, Namespace: b, Name: a, Selector: b},
 			Causes: []watch.Cause{
 				{Watched: cache.Ref{Version: a, Kind: b, Name: a}, Namespace: b, Name: a, UID: "u", ResourceVersion: b, Op: watch.Op(a), Reason: b},
 				{Watched: cache.Ref{Group: b, Version: "v1", Kind: "K", Selector: a}, Op: watch.OpModified},
 			},
-			Truncated: n,
+			Truncated:      n,
+			ObjectsOmitted: omitted,
 		}
 		got, err := d.encode()
 		if err != nil {

@@ -65,6 +65,10 @@ type Options struct {
 	// IncludeSecretData keeps the data and stringData of included core/v1
 	// Secrets; without it they are removed. Defaults to false.
 	IncludeSecretData bool
+	// ObjectsOmitted marks the data as lacking the objects the route
+	// includes (objectsOmitted): the caller leaves IncludeObjects false
+	// and sets it when the event with them was too large for the sink.
+	ObjectsOmitted bool
 	// Objects are the watched objects, as the caller's cache holds them.
 	// Used only with IncludeObjects; never modified; nil entries are
 	// skipped.
@@ -93,7 +97,7 @@ func New(req watch.Request, opts Options) (ce.Event, error) {
 	}
 	w := watcherOf(req.Watcher)
 
-	d := Data{Watcher: req.Watcher, Causes: req.Causes, Truncated: req.Truncated}
+	d := Data{Watcher: req.Watcher, Causes: req.Causes, Truncated: req.Truncated, ObjectsOmitted: opts.ObjectsOmitted}
 	if opts.IncludeObjects {
 		d.Objects = objects(opts.Objects, opts.IncludeSecretData)
 	}

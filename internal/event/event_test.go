@@ -380,6 +380,7 @@ func TestDataMatchesSchema(t *testing.T) {
 		"lost, truncated":     {req: lost},
 		"objects":             {req: request(), opts: Options{IncludeObjects: true, Objects: []*unstructured.Unstructured{secret(), deployment()}}},
 		"objects with secret": {req: request(), opts: Options{IncludeObjects: true, IncludeSecretData: true, Objects: []*unstructured.Unstructured{secret()}}},
+		"objects omitted":     {req: request(), opts: Options{ObjectsOmitted: true}},
 	}
 	for name, tt := range tests {
 		t.Run(name, func(t *testing.T) {

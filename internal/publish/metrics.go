@@ -13,6 +13,7 @@ type Metrics struct {
 	failed    *prometheus.CounterVec
 	retries   *prometheus.CounterVec
 	duration  *prometheus.HistogramVec
+	omitted   *prometheus.CounterVec
 }
 
 // NewMetrics creates the publishing metrics and registers them with reg.
@@ -26,6 +27,9 @@ type Metrics struct {
 //     previous publish failed.
 //   - depbridge_sink_send_duration_seconds{sink}: Send latency, until the
 //     acknowledgement or the error.
+//   - depbridge_sink_objects_omitted_total{sink}: events sent without the
+//     objects their route includes, because with them the sink refused
+//     them for their size.
 func NewMetrics(reg prometheus.Registerer, sinks ...string) (*Metrics, error) {
 	m := &Metrics{
 		published: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -45,8 +49,12 @@ func NewMetrics(reg prometheus.Registerer, sinks ...string) (*Metrics, error) {
 			Help:    "Time from Send to the broker's acknowledgement or the error.",
 			Buckets: []float64{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10},
 		}, []string{"sink"}),
+		omitted: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "depbridge_sink_objects_omitted_total",
+			Help: "Events sent without the objects their route includes, because with them the sink refused them for their size.",
+		}, []string{"sink"}),
 	}
-	for _, c := range []prometheus.Collector{m.published, m.failed, m.retries, m.duration} {
+	for _, c := range []prometheus.Collector{m.published, m.failed, m.retries, m.duration, m.omitted} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register publish metrics: %w", err)
 		}
@@ -55,6 +63,7 @@ func NewMetrics(reg prometheus.Registerer, sinks ...string) (*Metrics, error) {
 		m.published.WithLabelValues(s).Add(0)
 		m.failed.WithLabelValues(s).Add(0)
 		m.retries.WithLabelValues(s).Add(0)
+		m.omitted.WithLabelValues(s).Add(0)
 		m.duration.WithLabelValues(s)
 	}
 	return m, nil

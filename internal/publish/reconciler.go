@@ -108,8 +108,18 @@ func (r *Reconciler) run(ctx context.Context, req watch.Request, async bool, don
 		done(watch.Result{}, fmt.Errorf("route watcher %s: no route or no sink", key))
 		return
 	}
+	r.publish(ctx, req, key, route, false, async, done)
+}
+
+// publish builds req's event for route, without the objects the route
+// includes when omit is set, and sends it; it calls done as run does. An
+// event with objects that the sink refuses for its size
+// (sink.ErrTooLarge) is sent again without them, marked objectsOmitted,
+// rather than retried for ever: the objects only grow with the watched
+// set.
+func (r *Reconciler) publish(ctx context.Context, req watch.Request, key string, route *sink.Route, omit, async bool, done func(watch.Result, error)) {
 	m := r.opts.Metrics
-	e, t, err := r.prepare(req, key, route)
+	e, t, err := r.prepare(req, key, route, omit)
 	if err != nil {
 		r.setFailing(key, true)
 		if m != nil {
@@ -125,6 +135,21 @@ func (r *Reconciler) run(ctx context.Context, req watch.Request, async bool, don
 	sent := func(err error) {
 		if m != nil {
 			m.duration.WithLabelValues(route.SinkName).Observe(time.Since(start).Seconds())
+		}
+		if err != nil && route.IncludeObjects && !omit && errors.Is(err, sink.ErrTooLarge) {
+			r.log.Warn("event too large for the sink with the watched objects; sending it without them (objectsOmitted)",
+				"watcher", key, "event_id", e.ID(), "route", route.Name, "sink", route.SinkName, "error", err)
+			if m != nil {
+				m.omitted.WithLabelValues(route.SinkName).Inc()
+			}
+			if async {
+				// Not on the client's callback goroutine, which must not
+				// block.
+				go r.publish(ctx, req, key, route, true, async, done)
+				return
+			}
+			r.publish(ctx, req, key, route, true, async, done)
+			return
 		}
 		if err != nil {
 			r.setFailing(key, true)
@@ -149,13 +174,14 @@ func (r *Reconciler) run(ctx context.Context, req watch.Request, async bool, don
 }
 
 // prepare builds req's event, with the watched objects if the route
-// includes them, and renders its target.
-func (r *Reconciler) prepare(req watch.Request, key string, route *sink.Route) (ce.Event, sink.Target, error) {
+// includes them and omit is not set, and renders its target.
+func (r *Reconciler) prepare(req watch.Request, key string, route *sink.Route, omit bool) (ce.Event, sink.Target, error) {
 	opts := event.Options{
 		Cluster: r.opts.Cluster, Instance: r.opts.Instance,
-		IncludeObjects: route.IncludeObjects, IncludeSecretData: route.IncludeSecretData,
+		IncludeObjects: route.IncludeObjects && !omit, IncludeSecretData: route.IncludeSecretData,
+		ObjectsOmitted: route.IncludeObjects && omit,
 	}
-	if route.IncludeObjects {
+	if opts.IncludeObjects {
 		if r.opts.Objects == nil {
 			return ce.Event{}, sink.Target{}, fmt.Errorf("route %q includes objects, but the publisher has no way to fetch them", route.Name)
 		}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	ce "github.com/cloudevents/sdk-go/v2/event"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -18,6 +19,7 @@ import (
 	"github.com/depbridge/depbridge/internal/config"
 	"github.com/depbridge/depbridge/internal/event"
 	"github.com/depbridge/depbridge/internal/sink"
+	"github.com/depbridge/depbridge/internal/testenv"
 	"github.com/depbridge/depbridge/internal/watch"
 )
 
@@ -308,5 +310,171 @@ func TestBeginPipelines(t *testing.T) {
 		}
 	default:
 		t.Fatal("Begin on a sink without SendAsync returned before done")
+	}
+}
+
+// bigObject is a watched object of about n bytes of JSON.
+func bigObject(n int) *unstructured.Unstructured {
+	return &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "v1", "kind": "ConfigMap", "metadata": map[string]any{"name": "db", "namespace": "apps"},
+		"data": map[string]any{"blob": strings.Repeat("x", n)},
+	}}
+}
+
+// limited is a sink that refuses, as too large, events whose data is over
+// limit bytes, the way the real sinks mark such refusals.
+type limited struct {
+	recorder
+	limit int
+	tries int
+}
+
+func (l *limited) Send(ctx context.Context, t sink.Target, e ce.Event) error {
+	l.mu.Lock()
+	l.tries++
+	l.mu.Unlock()
+	if n := len(e.Data()); n > l.limit {
+		return fmt.Errorf("publish %s: %w: %d bytes: nats: maximum payload exceeded", e.ID(), sink.ErrTooLarge, n)
+	}
+	return l.recorder.Send(ctx, t, e)
+}
+
+// An event that the sink refuses for its size with the route's objects is
+// sent without them, marked objectsOmitted, under the same id; without
+// objects to leave out, the refusal is an error the engine retries.
+func TestReconcileOmitsObjectsTooLarge(t *testing.T) {
+	objects := func(cache.Ref) ([]*unstructured.Unstructured, error) {
+		return []*unstructured.Unstructured{bigObject(4096)}, nil
+	}
+	withObjects, err := event.New(request(), event.Options{IncludeObjects: true, Objects: []*unstructured.Unstructured{bigObject(4096)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	s := &limited{limit: 2048}
+	m, _ := NewMetrics(prometheus.NewRegistry(), "bus")
+	route := newRoute(t, config.Route{Name: "r", IncludeObjects: true}, s)
+	p, _ := New(Options{Router: RouterFunc(func(cache.Ref) (*sink.Route, error) { return route, nil }), Objects: objects, Metrics: m})
+	if _, err := p.Reconcile(context.Background(), request()); err != nil {
+		t.Fatalf("Reconcile = %v, want the event sent without its objects", err)
+	}
+	if s.tries != 2 || len(s.sent) != 1 {
+		t.Fatalf("%d tries, %d sent; want 2 and 1", s.tries, len(s.sent))
+	}
+	got := s.sent[0]
+	if data := string(got.Data()); !strings.Contains(data, `"objectsOmitted":true`) || strings.Contains(data, `"objects"`) {
+		t.Errorf("data = %s, want objectsOmitted and no objects", data)
+	}
+	if got.ID() != withObjects.ID() {
+		t.Errorf("id %s, want %s, the id of the event with objects", got.ID(), withObjects.ID())
+	}
+	for name, want := range map[string]float64{"omitted": 1, "failed": 0, "published": 1} {
+		c := map[string]*prometheus.CounterVec{"omitted": m.omitted, "failed": m.failed, "published": m.published}[name]
+		if v := testutil.ToFloat64(c.WithLabelValues("bus")); v != want {
+			t.Errorf("%s = %v, want %v", name, v, want)
+		}
+	}
+
+	// Small enough with its objects: sent with them.
+	s = &limited{limit: 1 << 20}
+	route = newRoute(t, config.Route{Name: "r", IncludeObjects: true}, s)
+	if _, err := p.Reconcile(context.Background(), request()); err != nil || len(s.sent) != 1 ||
+		!strings.Contains(string(s.sent[0].Data()), `"objects":[{`) || strings.Contains(string(s.sent[0].Data()), "objectsOmitted") {
+		t.Fatalf("Reconcile = %v, sent %d; want the event with its objects", err, len(s.sent))
+	}
+
+	// No objects to leave out: the refusal is returned, once.
+	s = &limited{limit: 10}
+	route = newRoute(t, config.Route{Name: "r", IncludeObjects: true}, s)
+	if _, err := p.Reconcile(context.Background(), request()); !errors.Is(err, sink.ErrTooLarge) || s.tries != 2 {
+		t.Fatalf("Reconcile = %v after %d tries, want ErrTooLarge after 2 (with objects, then without)", err, s.tries)
+	}
+	s = &limited{limit: 10}
+	route = newRoute(t, config.Route{Name: "r"}, s)
+	if _, err := p.Reconcile(context.Background(), request()); !errors.Is(err, sink.ErrTooLarge) || s.tries != 1 {
+		t.Fatalf("Reconcile = %v after %d tries, want ErrTooLarge after 1", err, s.tries)
+	}
+}
+
+// On a pipelining sink, the event without objects is handed over once the
+// sink refused the one with them, and done gets the second answer.
+func TestBeginOmitsObjectsTooLarge(t *testing.T) {
+	ps := &pipelined{pending: make(chan func(error), 1)}
+	route := newRoute(t, config.Route{Name: "r", IncludeObjects: true}, ps)
+	p, _ := New(Options{Router: RouterFunc(func(cache.Ref) (*sink.Route, error) { return route, nil }),
+		Objects: func(cache.Ref) ([]*unstructured.Unstructured, error) {
+			return []*unstructured.Unstructured{bigObject(100)}, nil
+		}})
+	results := make(chan error, 1)
+	p.Begin(context.Background(), request(), func(_ watch.Result, err error) { results <- err })
+	(<-ps.pending)(fmt.Errorf("publish: %w", sink.ErrTooLarge))
+	var answer func(error)
+	select {
+	case answer = <-ps.pending:
+	case err := <-results:
+		t.Fatalf("done = %v before the event without objects was sent", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("the event without objects was not sent within 10s")
+	}
+	answer(nil)
+	if err := <-results; err != nil {
+		t.Fatal(err)
+	}
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	if len(ps.sent) != 2 || !strings.Contains(string(ps.sent[0].Data()), `"objects":[{`) ||
+		!strings.Contains(string(ps.sent[1].Data()), `"objectsOmitted":true`) {
+		t.Errorf("sent %d events, want one with objects, then one with objectsOmitted", len(ps.sent))
+	}
+}
+
+// Through a real JetStream stream whose max_msg_size the objects exceed,
+// on the engine's pipelined path: the request is acknowledged, and the
+// stream holds its event without objects, marked objectsOmitted.
+func TestOmitsObjectsOverJetStream(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	n, _, stream := testenv.StartNATSStream(t, jetstream.StreamConfig{Name: "EVENTS", Subjects: []string{"events.>"}, MaxMsgSize: 4 << 10})
+	s, err := sink.NewJetStream("bus", config.JetStream{NATSConn: config.NATSConn{URL: n.URL()}, Stream: "EVENTS"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close(ctx)
+	route := newRoute(t, config.Route{Name: "r", Subject: "events.{{.Name}}", IncludeObjects: true}, s)
+	size := 100
+	p, _ := New(Options{Router: RouterFunc(func(cache.Ref) (*sink.Route, error) { return route, nil }),
+		Objects: func(cache.Ref) ([]*unstructured.Unstructured, error) {
+			return []*unstructured.Unstructured{bigObject(size)}, nil
+		}})
+	for i, sz := range []int{100, 8 << 10} {
+		size = sz
+		req := request() // another id each time, or the stream would drop the second as a duplicate
+		req.Causes[0].ResourceVersion = fmt.Sprint(10 + i)
+		results := make(chan error, 1)
+		p.Begin(ctx, req, func(_ watch.Result, err error) { results <- err })
+		select {
+		case err := <-results:
+			if err != nil {
+				t.Fatalf("object of %d bytes: %v", size, err)
+			}
+		case <-ctx.Done():
+			t.Fatalf("object of %d bytes: no answer", size)
+		}
+	}
+	cons, err := stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	batch, err := cons.Fetch(2, jetstream.FetchMaxWait(5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var data []string
+	for m := range batch.Messages() {
+		data = append(data, string(m.Data()))
+	}
+	if len(data) != 2 || !strings.Contains(data[0], `"objects":[{`) || strings.Contains(data[0], "objectsOmitted") ||
+		strings.Contains(data[1], `"objects"`) || !strings.Contains(data[1], `"objectsOmitted":true`) {
+		t.Errorf("stream holds %d events, want one with objects, then one with objectsOmitted and none:\n%s", len(data), strings.Join(data, "\n"))
 	}
 }

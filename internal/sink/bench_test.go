@@ -280,17 +280,6 @@ func cpuTime() time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
-// natsSize is the wire size of a message's headers and data.
-func natsSize(m *nats.Msg) int {
-	n := len(m.Data) + len("NATS/1.0\r\n\r\n")
-	for k, vs := range m.Header {
-		for _, v := range vs {
-			n += len(k) + len(v) + 4
-		}
-	}
-	return n
-}
-
 // BenchmarkJetStream compares the bridge with raw JetStream
 // PublishAsync, all acks awaited: of headerless messages of the same size
 // (the bridge's headers, Nats-Msg-Id included, and data, as payload) to

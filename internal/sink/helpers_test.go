@@ -55,7 +55,16 @@ func watcherRef(w int) cache.Ref {
 // publisher builds it; its id is unique per (w, seq).
 func testEvent(t testing.TB, w, seq int) ce.Event {
 	t.Helper()
-	req := watch.Request{
+	e, err := event.New(testRequest(w, seq), event.Options{Cluster: "test", Instance: "t"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+// testRequest is watcher w's seq-th request.
+func testRequest(w, seq int) watch.Request {
+	return watch.Request{
 		Watcher: watcherRef(w),
 		Causes: []watch.Cause{{
 			Watched:   cache.Ref{Version: "v1", Kind: "Secret", Namespace: "ns", Name: "db"},
@@ -63,11 +72,6 @@ func testEvent(t testing.TB, w, seq int) ce.Event {
 		}},
 		Enqueued: time.Unix(1700000000, 0),
 	}
-	e, err := event.New(req, event.Options{Cluster: "test", Instance: "t"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return e
 }
 
 // sendUntilAcked stands in for the engine's requeue: it sends e until Send

@@ -213,6 +213,11 @@ func (e *StatusError) Retryable() bool {
 	return e.StatusCode == http.StatusTooManyRequests || e.StatusCode == http.StatusRequestTimeout || e.StatusCode >= 500
 }
 
+// Is makes a 413 Content Too Large match ErrTooLarge.
+func (e *StatusError) Is(target error) bool {
+	return target == ErrTooLarge && e.StatusCode == http.StatusRequestEntityTooLarge
+}
+
 func (e *StatusError) Error() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "HTTP %d %s", e.StatusCode, http.StatusText(e.StatusCode))

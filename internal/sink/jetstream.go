@@ -140,7 +140,7 @@ func (s *JetStream) complete(m *nats.Msg, err error) {
 		return
 	}
 	if err != nil {
-		err = fmt.Errorf("publish %s to %q: %w", m.Header.Get(jetstream.MsgIDHeader), m.Subject, err)
+		err = fmt.Errorf("publish %s to %q: %w", m.Header.Get(jetstream.MsgIDHeader), m.Subject, natsError(m, err))
 	}
 	done(err)
 	s.inflight.done()

@@ -53,7 +53,7 @@ func (s *NATS) Send(ctx context.Context, t Target, e ce.Event) error {
 		return err
 	}
 	if err := s.nc.PublishMsg(m); err != nil {
-		return fmt.Errorf("publish %s to %q: %w", e.ID(), t.Subject, err)
+		return fmt.Errorf("publish %s to %q: %w", e.ID(), t.Subject, natsError(m, err))
 	}
 	if err := flush(ctx, s.nc); err != nil {
 		return fmt.Errorf("publish %s to %q: flush: %w", e.ID(), t.Subject, err)

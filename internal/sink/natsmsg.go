@@ -1,11 +1,13 @@
 package sink
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 
 	ce "github.com/cloudevents/sdk-go/v2/event"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/depbridge/depbridge/internal/event"
 )
@@ -55,6 +57,31 @@ func encodeNATS(subject string, mode Mode, e *ce.Event) (*nats.Msg, error) {
 		m.Data = e.DataEncoded
 	}
 	return m, nil
+}
+
+// natsError is err, the client's or server's error for publishing m,
+// marked as ErrTooLarge when it says m is too large: over the server's
+// max_payload (checked by the client), or over the stream's max_msg_size.
+func natsError(m *nats.Msg, err error) error {
+	if errors.Is(err, nats.ErrMaxPayload) || errors.Is(err, jetstream.ErrStreamMessageExceedsMaximum) {
+		return tooLarge(natsSize(m), err)
+	}
+	return err
+}
+
+// natsSize is the wire size of m's headers and data, as the server counts
+// it against max_payload.
+func natsSize(m *nats.Msg) int {
+	n := len(m.Data)
+	if len(m.Header) > 0 {
+		n += len("NATS/1.0\r\n\r\n")
+		for k, vs := range m.Header {
+			for _, v := range vs {
+				n += len(k) + len(v) + len(": \r\n")
+			}
+		}
+	}
+	return n
 }
 
 // natsHeaderNames avoids building "ce-"+name for the attributes and

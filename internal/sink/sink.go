@@ -18,6 +18,11 @@
 //     with ErrClosed.
 //   - An error that carries a receiver's request to wait (HTTP 429/5xx with
 //     Retry-After) is found with RetryAfter, through any wrapping.
+//   - An event the broker can never take for its size (over the NATS
+//     server's max_payload or a stream's max_msg_size, a Kafka record over
+//     the topic's max.message.bytes, an HTTP 413) fails with an error that
+//     errors.Is matches to ErrTooLarge, through any wrapping, so the
+//     caller can send a smaller event instead of retrying for ever.
 //
 // Routes (route.go) bind a configured route to its sink and render the
 // subject or topic per watcher. Call CheckRoutes once at start: it asks the
@@ -127,6 +132,21 @@ func (m Mode) String() string {
 
 // ErrClosed is returned by Send after Close.
 var ErrClosed = errors.New("sink closed")
+
+// ErrTooLarge matches (errors.Is) the error of a Send whose event the
+// broker refuses for its size, whatever the retries: see the package
+// contract.
+var ErrTooLarge = errors.New("event too large for the broker")
+
+// tooLarge wraps err, the client's or broker's own error for an event of
+// size bytes, so that errors.Is(err, ErrTooLarge) holds. size is 0 when
+// unknown.
+func tooLarge(size int, err error) error {
+	if size > 0 {
+		return fmt.Errorf("%w: %d bytes: %w", ErrTooLarge, size, err)
+	}
+	return fmt.Errorf("%w: %w", ErrTooLarge, err)
+}
 
 // New connects the sink cfg describes. Exactly one transport field of cfg
 // must be set. log may be nil (discard).
