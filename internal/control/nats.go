@@ -501,7 +501,7 @@ func (t *NATS) publishStatus(ctx context.Context, req *Request, st *StatusData, 
 		t.log.Error("cannot encode a status event", "watcher", key, "err", err)
 		return
 	}
-	if size := natsSize(m); size > int(t.nc.MaxPayload()) && len(st.Results) > 0 {
+	if size := sink.NATSSize(m); size > int(t.nc.MaxPayload()) && len(st.Results) > 0 {
 		if m, err = t.encodeStatus(ctx, reqSource, withoutObjects(st), key, mode); err != nil {
 			t.log.Error("cannot encode a status event", "watcher", key, "err", err)
 			return
@@ -521,16 +521,6 @@ func (t *NATS) encodeStatus(ctx context.Context, reqSource string, st *StatusDat
 		return nil, err
 	}
 	return sink.EncodeNATS(ctx, "status", mode, &e)
-}
-
-func natsSize(m *nats.Msg) int {
-	n := len(m.Data)
-	for k, vs := range m.Header {
-		for _, v := range vs {
-			n += len(k) + len(v) + 4
-		}
-	}
-	return n
 }
 
 // serveQueries answers core-NATS query requests once the replay is over;

@@ -319,7 +319,7 @@ func BenchmarkJetStream(b *testing.B) {
 	raw := make([]*nats.Msg, benchEvents)
 	for j, req := range benchRequests(0) {
 		m := encode(req, "bench-b")
-		raw[j] = &nats.Msg{Subject: m.Subject, Data: make([]byte, natsSize(m))}
+		raw[j] = &nats.Msg{Subject: m.Subject, Data: make([]byte, NATSSize(m))}
 	}
 	b.ReportMetric(float64(len(raw[0].Data)), "bytes/msg")
 	publish := func(msgs []*nats.Msg) time.Duration {

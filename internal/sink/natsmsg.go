@@ -64,14 +64,14 @@ func encodeNATS(subject string, mode Mode, e *ce.Event) (*nats.Msg, error) {
 // max_payload (checked by the client), or over the stream's max_msg_size.
 func natsError(m *nats.Msg, err error) error {
 	if errors.Is(err, nats.ErrMaxPayload) || errors.Is(err, jetstream.ErrStreamMessageExceedsMaximum) {
-		return tooLarge(natsSize(m), err)
+		return tooLarge(NATSSize(m), err)
 	}
 	return err
 }
 
-// natsSize is the wire size of m's headers and data, as the server counts
+// NATSSize is the wire size of m's headers and data, as the server counts
 // it against max_payload.
-func natsSize(m *nats.Msg) int {
+func NATSSize(m *nats.Msg) int {
 	n := len(m.Data)
 	if len(m.Header) > 0 {
 		n += len("NATS/1.0\r\n\r\n")
