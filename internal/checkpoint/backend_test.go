@@ -5,11 +5,14 @@ import (
 	"encoding/json"
 	"maps"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/segmentio/kafka-go"
 
 	"github.com/depbridge/depbridge/internal/cache"
 	"github.com/depbridge/depbridge/internal/config"
@@ -253,5 +256,107 @@ func TestKVSealedBucket(t *testing.T) {
 	defer b.Close()
 	if _, err := b.Load(ctx); err == nil || !strings.Contains(err.Error(), `"cp_sealed" is sealed`) {
 		t.Fatalf("load of a sealed bucket: %v", err)
+	}
+}
+
+// A Kafka topic whose max.message.bytes is below the writer's 1 MiB sets
+// the limit: a record over it is not written, as over 1 MiB, and records
+// that fit each but not together (the broker measures a whole record
+// batch) are all written.
+func TestKafkaTopicMessageLimit(t *testing.T) {
+	const limit = 20000
+	kafkaBroker, err := testenv.StartKafka()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(kafkaBroker.Close)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	client := &kafka.Client{Addr: kafka.TCP(kafkaBroker.Addr())}
+	resp, err := client.CreateTopics(ctx, &kafka.CreateTopicsRequest{Topics: []kafka.TopicConfig{{
+		Topic: "cp.small", NumPartitions: 1, ReplicationFactor: 1, ConfigEntries: []kafka.ConfigEntry{
+			{ConfigName: "cleanup.policy", ConfigValue: "compact"},
+			{ConfigName: "max.message.bytes", ConfigValue: strconv.Itoa(limit)},
+		}}}})
+	if err != nil || resp.Errors["cp.small"] != nil {
+		t.Fatalf("create topic: %v %v", err, resp.Errors)
+	}
+	open := func() Backend {
+		b, err := NewKafka(config.Kafka{Brokers: []string{kafkaBroker.Addr()}}, "cp.small", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	sel := cache.Ref{Version: "v1", Kind: "ConfigMap", Selector: "*"}
+	if enc, _ := json.Marshal(objects(sel.Key(), 200)); len(enc) <= limit {
+		t.Fatalf("200 objects encode to %d bytes, not over %d", len(enc), limit)
+	}
+	if enc, _ := json.Marshal(objects(sel.Key(), 60)); 3*len(enc) <= limit || len(enc) > limit/2 {
+		t.Fatalf("60 objects encode to %d bytes: not three over %d together, or not far under it alone", len(enc), limit)
+	}
+
+	b := open()
+	s := New(b, Options{})
+	if err := s.Load(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := b.MaxRecordBytes(); n <= 0 || n >= limit {
+		t.Errorf("MaxRecordBytes = %d, want under the topic's %d", n, limit)
+	}
+	big := watcher("big")
+	s.Acked(big, objects(sel.Key(), 10))
+	if err := s.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	s.Acked(big, objects(sel.Key(), 200))
+	mediums := []cache.Ref{watcher("m1"), watcher("m2"), watcher("m3")}
+	for _, w := range mediums {
+		s.Acked(w, objects(sel.Key(), 60))
+	}
+	if err := s.Flush(ctx); err != nil {
+		t.Fatalf("flush: %v", err)
+	}
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	b = open()
+	defer b.Close()
+	again := New(b, Options{})
+	if err := again.Load(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, w := range mediums {
+		if v, _ := again.Told(w); len(v[sel.Key()]) != 60 {
+			t.Errorf("%s's record after a restart holds %d objects, want 60", w.Name, len(v[sel.Key()]))
+		}
+	}
+	if v, _ := again.Told(big); len(v[sel.Key()]) != 10 {
+		t.Errorf("big's record after a restart holds %d objects, want the 10 last written", len(v[sel.Key()]))
+	}
+}
+
+// A bucket with a TTL would expire what the bridge keeps: opening it
+// fails, naming the bucket, the TTL and what to do.
+func TestKVBucketWithTTL(t *testing.T) {
+	_, js := testenv.StartJetStream(t)
+	ctx := context.Background()
+	if _, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "cp_ttl", TTL: time.Hour}); err != nil {
+		t.Fatal(err)
+	}
+	b := NewKV(js.Conn(), "cp_ttl")
+	defer b.Close()
+	_, err := b.Load(ctx)
+	if err == nil {
+		t.Fatal("load of a bucket with a TTL succeeded")
+	}
+	for _, want := range []string{`"cp_ttl"`, "TTL of 1h0m0s", `"KV_cp_ttl"`, "max age 0"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("load of a bucket with a TTL: %v; want it to say %s", err, want)
+		}
+	}
+	if err := b.Write(ctx, map[string][]byte{"v1/ConfigMap/ns/a": []byte(`{}`)}, nil); err == nil {
+		t.Error("write to a bucket with a TTL succeeded")
 	}
 }

@@ -14,8 +14,9 @@ import (
 // KV keeps records in a JetStream key-value bucket, so that every replica
 // of the bridge shares them. A missing bucket is created (file storage, one
 // revision per key); an existing one is used as it is, its settings left
-// to whoever created it (replicas, storage, history). Keys are watcher
-// keys in base64url, which the bucket's key alphabet accepts.
+// to whoever created it (replicas, storage, history), unless it is sealed
+// or has a TTL (its records would expire): then opening it fails. Keys are
+// watcher keys in base64url, which the bucket's key alphabet accepts.
 type KV struct {
 	nc         *nats.Conn
 	bucket     string
@@ -62,6 +63,11 @@ func (k *KV) open(ctx context.Context) (jetstream.KeyValue, error) {
 		cfg := bs.StreamInfo().Config
 		if cfg.Sealed {
 			return nil, fmt.Errorf("key-value bucket %q is sealed: it takes no writes", k.bucket)
+		}
+		if cfg.MaxAge > 0 {
+			return nil, fmt.Errorf("key-value bucket %q has a TTL of %s; it must keep values for ever (no TTL: "+
+				"set max age 0 on its stream %q, or name a bucket without one), or what the bridge keeps in it expires",
+				k.bucket, cfg.MaxAge, cfg.Name)
 		}
 		k.maxMsgSize.Store(int64(max(cfg.MaxMsgSize, 0)))
 	}

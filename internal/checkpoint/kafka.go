@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"sync/atomic"
 	"time"
 
 	"github.com/segmentio/kafka-go"
@@ -25,7 +26,19 @@ type Kafka struct {
 	client    *kafka.Client
 	w         *kafka.Writer
 	ready     bool
+	// batchBytes bounds the writer's record batches: the writer's 1 MiB,
+	// or less for a topic that takes less (see Load); 0 until Load.
+	batchBytes atomic.Int64
 }
+
+// writerBatchBytes is kafka-go's default Writer.BatchBytes, which the
+// writer also applies to one message. batchHeader is what a record batch
+// holds besides its records (61 bytes in the v2 format), which the broker
+// counts against max.message.bytes.
+const (
+	writerBatchBytes = 1 << 20
+	batchHeader      = 64
+)
 
 var _ Backend = (*Kafka)(nil)
 
@@ -54,7 +67,10 @@ func NewKafka(cfg config.Kafka, topic string, log *slog.Logger) (*Kafka, error) 
 }
 
 // Load implements Backend: it makes sure the topic exists and is
-// compacted, then reads the last record of each watcher.
+// compacted, reads the last record of each watcher, and then the topic's
+// max.message.bytes, which the brokers measure each record batch against:
+// when it is under the writer's 1 MiB, the writer's batches and records
+// are bounded by it instead (see MaxRecordBytes).
 func (k *Kafka) Load(ctx context.Context) (map[string][]byte, error) {
 	if !k.ready {
 		if err := kafkatopic.Ensure(ctx, k.client, []kafkatopic.Spec{{Topic: k.topic, Compacted: true}}, false, k.log); err != nil {
@@ -62,7 +78,26 @@ func (k *Kafka) Load(ctx context.Context) (map[string][]byte, error) {
 		}
 		k.ready = true
 	}
-	return kafkatopic.Latest(ctx, k.client, k.dialer, k.cfg.Brokers, k.topic)
+	// After Latest, which waits for a topic just created to be known.
+	recs, err := kafkatopic.Latest(ctx, k.client, k.dialer, k.cfg.Brokers, k.topic)
+	if err != nil {
+		return nil, err
+	}
+	if k.batchBytes.Load() == 0 {
+		topicMax, err := kafkatopic.MaxMessageBytes(ctx, k.client, k.topic)
+		if err != nil {
+			return nil, fmt.Errorf("checkpoint topic: %w", err)
+		}
+		limit := int64(writerBatchBytes)
+		if topicMax > 0 && int64(topicMax-batchHeader) < limit {
+			limit = int64(max(topicMax-batchHeader, 1))
+			k.log.Info("checkpoint topic takes less than 1 MiB per record batch; records are bounded by it",
+				"topic", k.topic, "maxMessageBytes", topicMax)
+		}
+		k.w.BatchBytes = limit // Write is not called before Load returns
+		k.batchBytes.Store(limit)
+	}
+	return recs, nil
 }
 
 // Write implements Backend.
@@ -80,15 +115,16 @@ func (k *Kafka) Write(ctx context.Context, puts map[string][]byte, deletes []str
 	return nil
 }
 
-// MaxRecordBytes implements Backend: the writer's batch bytes (1 MiB,
-// kafka-go's default, which rejects a whole write holding a larger
-// message), less a margin.
+// MaxRecordBytes implements Backend: the writer's batch bytes, which it
+// also applies to one message, rejecting a whole write that holds a larger
+// one, less a margin. They are 1 MiB (kafka-go's default), or, once Load
+// has read it, the topic's max.message.bytes if smaller.
 func (k *Kafka) MaxRecordBytes() int {
-	limit := k.w.BatchBytes
+	limit := k.batchBytes.Load()
 	if limit <= 0 {
-		limit = 1 << 20
+		limit = writerBatchBytes
 	}
-	return int(limit - recordMargin)
+	return int(max(limit-recordMargin, 1))
 }
 
 // Close implements Backend.

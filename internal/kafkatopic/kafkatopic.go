@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"strings"
 	"time"
 
@@ -97,20 +98,9 @@ func hint(s Spec) string {
 // size retention (retention.ms and retention.bytes -1). With delete, what
 // the bridge keeps there would expire with the topic's retention.
 func checkCompacted(ctx context.Context, client *kafka.Client, topic string) error {
-	resp, err := client.DescribeConfigs(ctx, &kafka.DescribeConfigsRequest{Resources: []kafka.DescribeConfigRequestResource{{
-		ResourceType: kafka.ResourceTypeTopic, ResourceName: topic, ConfigNames: []string{"cleanup.policy", "retention.ms", "retention.bytes"},
-	}}})
+	configs, err := describe(ctx, client, topic, "cleanup.policy", "retention.ms", "retention.bytes")
 	if err != nil {
-		return fmt.Errorf("describe topic %q: %w", topic, err)
-	}
-	configs := map[string]string{}
-	for _, r := range resp.Resources {
-		if r.Error != nil {
-			return fmt.Errorf("describe topic %q: %w", topic, r.Error)
-		}
-		for _, c := range r.ConfigEntries {
-			configs[c.ConfigName] = c.ConfigValue
-		}
+		return err
 	}
 	policy, ok := configs["cleanup.policy"]
 	if !ok {
@@ -135,6 +125,46 @@ func checkCompacted(ctx context.Context, client *kafka.Client, topic string) err
 			topic, policy, configs["retention.ms"], configs["retention.bytes"])
 	}
 	return nil
+}
+
+// MaxMessageBytes returns the topic's effective max.message.bytes (its
+// own, or the brokers' default): the largest record batch its brokers
+// take, a whole batch measured against it. It is 0 when not reported.
+func MaxMessageBytes(ctx context.Context, client *kafka.Client, topic string) (int, error) {
+	configs, err := describe(ctx, client, topic, "max.message.bytes")
+	if err != nil {
+		return 0, err
+	}
+	v, ok := configs["max.message.bytes"]
+	if !ok || v == "" {
+		return 0, nil
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n <= 0 {
+		return 0, fmt.Errorf("topic %q: max.message.bytes=%q is not a size", topic, v)
+	}
+	return n, nil
+}
+
+// describe returns the effective values of the topic's configs names
+// (DescribeConfigs); those not reported are absent.
+func describe(ctx context.Context, client *kafka.Client, topic string, names ...string) (map[string]string, error) {
+	resp, err := client.DescribeConfigs(ctx, &kafka.DescribeConfigsRequest{Resources: []kafka.DescribeConfigRequestResource{{
+		ResourceType: kafka.ResourceTypeTopic, ResourceName: topic, ConfigNames: names,
+	}}})
+	if err != nil {
+		return nil, fmt.Errorf("describe topic %q: %w", topic, err)
+	}
+	configs := map[string]string{}
+	for _, r := range resp.Resources {
+		if r.Error != nil {
+			return nil, fmt.Errorf("describe topic %q: %w", topic, r.Error)
+		}
+		for _, c := range r.ConfigEntries {
+			configs[c.ConfigName] = c.ConfigValue
+		}
+	}
+	return configs, nil
 }
 
 // Partitions returns a topic's partitions, waiting (until ctx is done)

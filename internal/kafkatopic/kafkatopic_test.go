@@ -54,3 +54,32 @@ func TestEnsureChecksCompaction(t *testing.T) {
 		})
 	}
 }
+
+// MaxMessageBytes reads a topic's own max.message.bytes, or the brokers'
+// default when the topic sets none.
+func TestMaxMessageBytes(t *testing.T) {
+	c, err := kfake.NewCluster(kfake.NumBrokers(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	client := &kafka.Client{Addr: kafka.TCP(c.ListenAddrs()...), Timeout: 10 * time.Second}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	resp, err := client.CreateTopics(ctx, &kafka.CreateTopicsRequest{Topics: []kafka.TopicConfig{
+		{Topic: "small", NumPartitions: 1, ReplicationFactor: 1, ConfigEntries: []kafka.ConfigEntry{{ConfigName: "max.message.bytes", ConfigValue: "20000"}}},
+		{Topic: "default", NumPartitions: 1, ReplicationFactor: 1},
+	}})
+	if err != nil || resp.Errors["small"] != nil || resp.Errors["default"] != nil {
+		t.Fatalf("create topics: %v %v", err, resp.Errors)
+	}
+	if n, err := MaxMessageBytes(ctx, client, "small"); err != nil || n != 20000 {
+		t.Errorf("MaxMessageBytes of a topic with max.message.bytes=20000 = %d, %v", n, err)
+	}
+	if n, err := MaxMessageBytes(ctx, client, "default"); err != nil || n < 1<<20 {
+		t.Errorf("MaxMessageBytes of a topic with the default = %d, %v; want the brokers' (1 MiB and a little)", n, err)
+	}
+	if _, err := MaxMessageBytes(ctx, client, "missing"); err == nil || !strings.Contains(err.Error(), `"missing"`) {
+		t.Errorf("MaxMessageBytes of a missing topic = %v", err)
+	}
+}

@@ -84,7 +84,8 @@ func saslMechanism(c *config.SASL) (sasl.Mechanism, error) {
 
 // Send produces e to topic t.Subject and waits for acks from all in-sync
 // replicas, ctx, or the failure of its produce request (after up to
-// kafkaMaxAttempts tries when the error is retriable).
+// kafkaMaxAttempts tries when the error is retriable). A record over the
+// topic's max.message.bytes fails with an error matching ErrTooLarge.
 func (s *Kafka) Send(ctx context.Context, t Target, e ce.Event) error {
 	if err := s.inflight.add(); err != nil {
 		return err

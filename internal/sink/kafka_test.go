@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net"
 	"strconv"
 	"strings"
@@ -12,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	ce "github.com/cloudevents/sdk-go/v2/event"
 	"github.com/segmentio/kafka-go"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kmsg"
@@ -328,6 +330,9 @@ type produceCounter struct {
 	requests int
 	records  int
 	largest  int
+	// largestBytes is the size of the largest record batch, as the broker
+	// measures it against max.message.bytes.
+	largestBytes int
 }
 
 func countProduce(t testing.TB, c *kfake.Cluster) *produceCounter {
@@ -335,7 +340,7 @@ func countProduce(t testing.TB, c *kfake.Cluster) *produceCounter {
 	pc := &produceCounter{}
 	c.ControlKey(int16(kmsg.Produce), func(req kmsg.Request) (kmsg.Response, error, bool) {
 		c.KeepControl()
-		n := 0
+		n, size := 0, 0
 		for _, topic := range req.(*kmsg.ProduceRequest).Topics {
 			for _, p := range topic.Partitions {
 				var batch kmsg.RecordBatch
@@ -343,12 +348,14 @@ func countProduce(t testing.TB, c *kfake.Cluster) *produceCounter {
 					t.Errorf("produce request with an unreadable record batch: %v", err)
 				}
 				n += int(batch.NumRecords)
+				size = max(size, len(p.Records))
 			}
 		}
 		pc.mu.Lock()
 		pc.requests++
 		pc.records += n
 		pc.largest = max(pc.largest, n)
+		pc.largestBytes = max(pc.largestBytes, size)
 		pc.mu.Unlock()
 		return nil, nil, false // let the cluster handle it
 	})
@@ -743,5 +750,167 @@ func TestKafkaSeesNewPartitions(t *testing.T) {
 		if p := (&kafka.Hash{}).Balance(kafka.Message{Key: []byte(r.key)}, ids...); r.partition != p {
 			t.Errorf("key %s on new partition %d, kafka.Hash over 4 partitions picks %d", r.key, r.partition, p)
 		}
+	}
+}
+
+// createTopic creates topic with partitions and the given topic configs.
+func createTopic(t testing.TB, addr, topic string, partitions int, configs map[string]string) {
+	t.Helper()
+	var entries []kafka.ConfigEntry
+	for k, v := range configs {
+		entries = append(entries, kafka.ConfigEntry{ConfigName: k, ConfigValue: v})
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	resp, err := (&kafka.Client{Addr: kafka.TCP(addr)}).CreateTopics(ctx, &kafka.CreateTopicsRequest{Topics: []kafka.TopicConfig{{
+		Topic: topic, NumPartitions: partitions, ReplicationFactor: 1, ConfigEntries: entries}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := resp.Errors[topic]; err != nil {
+		t.Fatalf("create topic %s: %v", topic, err)
+	}
+}
+
+// paddedEvent is testEvent(w, seq) with an extension of n bytes, set on
+// a clone: events of one watcher share their extensions (see event.New).
+func paddedEvent(t testing.TB, w, seq, n int) ce.Event {
+	e := testEvent(t, w, seq).Clone()
+	e.SetExtension("padding", strings.Repeat("p", n))
+	return e
+}
+
+// sendAsyncAndWait is one SendAsync, waited for.
+func sendAsyncAndWait(ctx context.Context, s *Kafka, tgt Target, e ce.Event) error {
+	result := make(chan error, 1)
+	s.SendAsync(tgt, e, func(err error) { result <- err })
+	select {
+	case err := <-result:
+		return err
+	case <-ctx.Done():
+		return fmt.Errorf("event %s: no answer: %w", e.ID(), ctx.Err())
+	}
+}
+
+// TestKafkaSplitsBatchesOverTopicLimit sends many events of about 2 KB at
+// once to a topic whose max.message.bytes (20000) is far below the
+// producer's batch bytes: the broker refuses the batches that concurrent
+// sends make, and the producer must split them, so that every event is
+// acknowledged and written once, each watcher's in order.
+func TestKafkaSplitsBatchesOverTopicLimit(t *testing.T) {
+	const partitions, watchers, perWatcher, limit = 2, 64, 8, 20000
+	c := startKafka(t, 0, "", kfake.NumBrokers(1))
+	addr := c.ListenAddrs()[0]
+	createTopic(t, addr, "small", partitions, map[string]string{"max.message.bytes": strconv.Itoa(limit)})
+	pc := countProduce(t, c)
+	s := newKafkaSink(t, addr)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	tgt := Target{Subject: "small"}
+	var wg sync.WaitGroup
+	for w := range watchers {
+		wg.Go(func() {
+			for seq := range perWatcher {
+				if err := sendAsyncAndWait(ctx, s, tgt, paddedEvent(t, w, seq, 1500)); err != nil {
+					t.Errorf("watcher %d event %d: %v", w, seq, err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	requests, records, largest := pc.get()
+	pc.mu.Lock()
+	largestBytes := pc.largestBytes
+	pc.mu.Unlock()
+	t.Logf("%d records in %d produce requests (largest %d records, %d bytes)", records, requests, largest, largestBytes)
+	if largestBytes <= limit {
+		t.Errorf("no record batch over the topic's %d bytes: the test showed nothing", limit)
+	}
+	recs := readTopic(t, addr, "small", partitions)
+	if len(recs) != watchers*perWatcher {
+		t.Fatalf("read %d records, want %d", len(recs), watchers*perWatcher)
+	}
+	next := map[string]int{}
+	for _, r := range recs { // in offset order per partition
+		if r.seq != next[r.key] {
+			t.Errorf("watcher %s: event %d where %d was due", r.key, r.seq, next[r.key])
+		}
+		next[r.key] = r.seq + 1
+	}
+}
+
+// TestKafkaRecordOverTopicLimit sends an event over the topic's
+// max.message.bytes in one batch with others: it alone fails, with
+// ErrTooLarge, and the others are acknowledged and written.
+func TestKafkaRecordOverTopicLimit(t *testing.T) {
+	const limit, others = 20000, 10
+	c := startKafka(t, 0, "", kfake.NumBrokers(1))
+	addr := c.ListenAddrs()[0]
+	createTopic(t, addr, "small", 1, map[string]string{"max.message.bytes": strconv.Itoa(limit)})
+	s := newKafkaSink(t, addr)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	tgt := Target{Subject: "small"}
+	if err := s.Check(ctx, []string{"small"}); err != nil {
+		t.Fatal(err)
+	}
+	// The first event's request is held by the broker; the others queue
+	// behind it and go in one batch once it is released.
+	held, _, release := holdProduce(c)
+	defer release()
+	results := make(chan error, others+2)
+	s.SendAsync(tgt, testEvent(t, 0, 0), func(err error) { results <- err })
+	<-held
+	big := paddedEvent(t, 1, 0, 2*limit)
+	bigErr := make(chan error, 1)
+	for w := range others {
+		if w == others/2 {
+			s.SendAsync(tgt, big, func(err error) { bigErr <- err })
+		}
+		s.SendAsync(tgt, testEvent(t, 2+w, 0), func(err error) { results <- err })
+	}
+	waitFor(t, ctx, "every record is queued", func() bool { return s.queued() == others+1 })
+	release()
+	for range others + 1 {
+		select {
+		case err := <-results:
+			if err != nil {
+				t.Errorf("an event under the limit failed: %v", err)
+			}
+		case <-ctx.Done():
+			t.Fatal("no answer")
+		}
+	}
+	select {
+	case err := <-bigErr:
+		if !errors.Is(err, ErrTooLarge) || !errors.Is(err, kafka.MessageSizeTooLarge) {
+			t.Errorf("event over the limit: %v, want ErrTooLarge", err)
+		}
+	case <-ctx.Done():
+		t.Fatal("no answer for the event over the limit")
+	}
+	if got := len(readTopic(t, addr, "small", 1)); got != others+1 {
+		t.Errorf("topic holds %d records, want %d", got, others+1)
+	}
+}
+
+// TestKafkaRecordOverBatchBytes sends an event larger than the producer's
+// batch bytes: the broker decides. A topic whose max.message.bytes allows
+// it takes it; one whose does not refuses it with ErrTooLarge.
+func TestKafkaRecordOverBatchBytes(t *testing.T) {
+	c := startKafka(t, 0, "", kfake.NumBrokers(1))
+	addr := c.ListenAddrs()[0]
+	createTopic(t, addr, "roomy", 1, map[string]string{"max.message.bytes": strconv.Itoa(4 << 20)})
+	createTopic(t, addr, "default", 1, nil)
+	s := newKafkaSink(t, addr)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	e := paddedEvent(t, 0, 0, 3*kafkaMaxBatchBytes/2)
+	if err := s.Send(ctx, Target{Subject: "roomy"}, e); err != nil {
+		t.Errorf("to a topic with max.message.bytes 4 MiB: %v", err)
+	}
+	if err := s.Send(ctx, Target{Subject: "default"}, e); !errors.Is(err, ErrTooLarge) {
+		t.Errorf("to a topic with the default max.message.bytes: %v, want ErrTooLarge", err)
 	}
 }

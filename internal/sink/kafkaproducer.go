@@ -21,7 +21,10 @@ import (
 const (
 	// kafkaMaxBatchRecords and kafkaMaxBatchBytes bound the records of one
 	// produce request; kafkaMaxBatchBytes stays under the brokers' default
-	// message.max.bytes (1MiB), which applies to a whole record batch.
+	// message.max.bytes (1MiB), which applies to a whole record batch. A
+	// topic whose max.message.bytes is smaller refuses larger batches,
+	// which are then split (see producer.deliver); a record larger than
+	// kafkaMaxBatchBytes goes alone, and the broker decides.
 	kafkaMaxBatchRecords = 1000
 	kafkaMaxBatchBytes   = 1<<20 - 64<<10
 	// kafkaMaxAttempts is how often one batch is tried when the error is
@@ -57,7 +60,9 @@ const (
 //
 // produce is safe for concurrent use. Records of one partition are sent
 // in the order produce was called; the sink's callers never send two
-// records of one key at once, so each key's records stay in order.
+// records of one key at once, so each key's records stay in order. A
+// record the broker refuses for its size, alone, fails with ErrTooLarge;
+// the records batched with it do not fail for it.
 type producer struct {
 	client    *kafka.Client
 	transport *kafka.Transport
@@ -282,8 +287,55 @@ func (p *producer) flush(q *partitionQueue) {
 		if batch == nil {
 			return
 		}
-		finish(batch, p.send(q, batch))
+		p.deliver(q, batch)
 	}
+}
+
+// deliver sends batch to q's partition and completes its records. The
+// broker measures a whole record batch against the topic's
+// max.message.bytes, so a batch it refuses as too large (MESSAGE_TOO_LARGE)
+// may still hold only records it would take on their own: it is split in
+// halves, sent one after the other, the second once the first is
+// acknowledged, so that the partition keeps its order. A lone record
+// refused so fails with ErrTooLarge, and the records after it go on. When
+// a part fails otherwise, the records after it are not sent and fail with
+// its error, which deliver returns.
+func (p *producer) deliver(q *partitionQueue, batch []*pendingRecord) error {
+	err := p.send(q, batch)
+	switch {
+	case err == nil || !refusedForSize(err):
+		finish(batch, err)
+		return err
+	case len(batch) == 1:
+		p.log.Debug("record too large for the topic", "topic", q.topic, "partition", q.partition,
+			"bytes", batch[0].record.size, "err", err)
+		finish(batch, tooLarge(batch[0].record.size, err))
+		return nil
+	}
+	p.log.Debug("record batch too large for the topic; splitting it", "topic", q.topic, "partition", q.partition,
+		"records", len(batch), "bytes", batchSize(batch))
+	half := len(batch) / 2
+	if err := p.deliver(q, batch[:half]); err != nil {
+		finish(batch[half:], fmt.Errorf("not sent after the records before it failed: %w", err))
+		return err
+	}
+	return p.deliver(q, batch[half:])
+}
+
+// refusedForSize errors say that the broker refuses a record batch for its
+// size: over the topic's max.message.bytes (MESSAGE_TOO_LARGE), or, rarer,
+// over its segment.bytes (RECORD_LIST_TOO_LARGE). Trying the same batch
+// again cannot help; smaller ones may.
+func refusedForSize(err error) bool {
+	return errors.Is(err, kafka.MessageSizeTooLarge) || errors.Is(err, kafka.RecordListTooLarge)
+}
+
+func batchSize(batch []*pendingRecord) int {
+	n := 0
+	for _, r := range batch {
+		n += r.record.size
+	}
+	return n
 }
 
 // next takes the records of q's next request, dropping those whose caller
@@ -424,8 +476,12 @@ func waiting(batch []*pendingRecord) bool {
 }
 
 // retriable errors may not recur on the next attempt: kafka-go's
-// temporary Kafka errors and network errors, and stale metadata.
+// temporary Kafka errors and network errors, and stale metadata. A batch
+// refused for its size is not retried as it is (see deliver).
 func retriable(err error) bool {
+	if refusedForSize(err) {
+		return false
+	}
 	var temp interface{ Temporary() bool }
 	var nerr net.Error
 	return errors.As(err, &temp) && temp.Temporary() || errors.As(err, &nerr) ||
