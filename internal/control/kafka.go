@@ -407,7 +407,9 @@ func (t *Kafka) undo(ctx context.Context, m kafka.Message) {
 
 // publishStatus produces the status event of st to the status topic, in
 // the request's content mode, keyed like the record it answers (by its
-// watcher's key).
+// watcher's key). A status with query results that is too large, for
+// kafkaMaxStatusBytes or for the topic's max.message.bytes, goes without
+// the results' objects (objectsOmitted).
 func (t *Kafka) publishStatus(ctx context.Context, req *Request, st *StatusData, recordKey string) {
 	key, reqSource, mode := "", "", sink.Binary
 	if st.Watcher != nil {
@@ -420,8 +422,10 @@ func (t *Kafka) publishStatus(ctx context.Context, req *Request, st *StatusData,
 		}
 	}
 	m, err := t.encodeStatus(ctx, reqSource, st, key, mode)
+	omitted := false
 	if err == nil && kafkaSize(m) > kafkaMaxStatusBytes && len(st.Results) > 0 {
 		m, err = t.encodeStatus(ctx, reqSource, withoutObjects(st), key, mode)
+		omitted = true
 	}
 	if err != nil {
 		t.log.Error("cannot encode a status event", "key", recordKey, "err", err)
@@ -434,7 +438,18 @@ func (t *Kafka) publishStatus(ctx context.Context, req *Request, st *StatusData,
 	}
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	if err := t.writer.WriteMessages(ctx, m); err != nil {
+	err = t.writer.WriteMessages(ctx, m)
+	if sink.KafkaRefusedForSize(err) && len(st.Results) > 0 && !omitted {
+		// The status topic takes less than kafkaMaxStatusBytes.
+		t.log.Warn("status event too large for the status topic; sending it without the objects", "key", recordKey,
+			"topic", t.statusTopic, "bytes", kafkaSize(m), "err", err)
+		var small kafka.Message
+		if small, err = t.encodeStatus(ctx, reqSource, withoutObjects(st), key, mode); err == nil {
+			small.Key = m.Key
+			err = t.writer.WriteMessages(ctx, small)
+		}
+	}
+	if err != nil {
 		t.log.Warn("cannot publish a status event", "key", recordKey, "topic", t.statusTopic, "err", err)
 	}
 }

@@ -422,3 +422,47 @@ func TestKafkaTopics(t *testing.T) {
 		t.Errorf("topic without compaction: %v", err)
 	}
 }
+
+// A query's status that the status topic refuses for its size (its
+// max.message.bytes under kafkaMaxStatusBytes) is produced again without
+// the objects, so the client still gets its answer.
+func TestKafkaStatusOverTopicLimit(t *testing.T) {
+	k := kube(t)
+	ns := namespace(t, k)
+	for _, n := range []string{"a", "b", "c"} {
+		configMap(t, k, ns, n, map[string]string{"blob": strings.Repeat("x", 3000)})
+	}
+	addr := startKafka(t)
+	// Its own transport: kafka-go's default one would cache metadata
+	// without the control topic, which the client below then would not
+	// find.
+	transport := &kafka.Transport{}
+	defer transport.CloseIdleConnections()
+	client := &kafka.Client{Addr: kafka.TCP(addr), Timeout: 10 * time.Second, Transport: transport}
+	res, err := client.CreateTopics(context.Background(), &kafka.CreateTopicsRequest{Topics: []kafka.TopicConfig{{
+		Topic: StatusTopic(topic), NumPartitions: 1, ReplicationFactor: 1,
+		ConfigEntries: []kafka.ConfigEntry{{ConfigName: "max.message.bytes", ConfigValue: "8192"}},
+	}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, err := range res.Errors {
+		if err != nil {
+			t.Fatalf("create %s: %v", name, err)
+		}
+	}
+	h := startEngine(t)
+	runTransport(t, newKafkaTransport(t, addr, h, testPolicy(false), Options{}))
+	c := newKafkaClient(t, addr)
+	w := fnRef(ns, "fn")
+	e := newEvent(t, "big-answer", TypeQuery, QueryData{Watcher: w, Queries: []cache.Ref{
+		{Version: "v1", Kind: "ConfigMap", Namespace: ns, Selector: "app=web"},
+	}})
+	c.produce(t, w.Key(), &e, sink.Binary)
+	if _, st := c.waitStatus(t, "big-answer"); !st.Accepted || !st.ObjectsOmitted || len(st.Results) != 1 || len(st.Results[0].Objects) != 0 {
+		t.Errorf("status: %+v", st)
+	}
+	if got := watchedNames(t, h.e, w); len(got) != 3 {
+		t.Errorf("watched %v, want the 3 ConfigMaps", got)
+	}
+}

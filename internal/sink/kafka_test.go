@@ -914,3 +914,22 @@ func TestKafkaRecordOverBatchBytes(t *testing.T) {
 		t.Errorf("to a topic with the default max.message.bytes: %v, want ErrTooLarge", err)
 	}
 }
+
+func TestKafkaRefusedForSize(t *testing.T) {
+	for _, tt := range []struct {
+		err  error
+		want bool
+	}{
+		{kafka.MessageSizeTooLarge, true},
+		{fmt.Errorf("produce: %w", kafka.RecordListTooLarge), true},
+		{kafka.WriteErrors{nil, kafka.MessageSizeTooLarge}, true},
+		{fmt.Errorf("write: %w", kafka.WriteErrors{kafka.MessageSizeTooLarge}), true},
+		{kafka.WriteErrors{nil, kafka.LeaderNotAvailable}, false},
+		{kafka.NotLeaderForPartition, false},
+		{nil, false},
+	} {
+		if got := KafkaRefusedForSize(tt.err); got != tt.want {
+			t.Errorf("KafkaRefusedForSize(%v) = %v, want %v", tt.err, got, tt.want)
+		}
+	}
+}

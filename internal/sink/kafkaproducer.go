@@ -322,12 +322,27 @@ func (p *producer) deliver(q *partitionQueue, batch []*pendingRecord) error {
 	return p.deliver(q, batch[half:])
 }
 
-// refusedForSize errors say that the broker refuses a record batch for its
-// size: over the topic's max.message.bytes (MESSAGE_TOO_LARGE), or, rarer,
-// over its segment.bytes (RECORD_LIST_TOO_LARGE). Trying the same batch
-// again cannot help; smaller ones may.
-func refusedForSize(err error) bool {
-	return errors.Is(err, kafka.MessageSizeTooLarge) || errors.Is(err, kafka.RecordListTooLarge)
+// refusedForSize is KafkaRefusedForSize.
+func refusedForSize(err error) bool { return KafkaRefusedForSize(err) }
+
+// KafkaRefusedForSize reports whether err, from kafka-go, says that the
+// broker refuses a record batch for its size: over the topic's
+// max.message.bytes (MESSAGE_TOO_LARGE), or, rarer, over its segment.bytes
+// (RECORD_LIST_TOO_LARGE); for a Writer's kafka.WriteErrors, whether one
+// of them does. Trying the same batch again cannot help; smaller ones may.
+func KafkaRefusedForSize(err error) bool {
+	if errors.Is(err, kafka.MessageSizeTooLarge) || errors.Is(err, kafka.RecordListTooLarge) {
+		return true
+	}
+	// WriteErrors has no Unwrap.
+	if werrs, ok := errors.AsType[kafka.WriteErrors](err); ok {
+		for _, e := range werrs {
+			if e != nil && KafkaRefusedForSize(e) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 func batchSize(batch []*pendingRecord) int {
