@@ -333,6 +333,8 @@ type produceCounter struct {
 	// largestBytes is the size of the largest record batch, as the broker
 	// measures it against max.message.bytes.
 	largestBytes int
+	// over counts the record batches larger than limit, when limit is set.
+	limit, over int
 }
 
 func countProduce(t testing.TB, c *kfake.Cluster) *produceCounter {
@@ -356,6 +358,9 @@ func countProduce(t testing.TB, c *kfake.Cluster) *produceCounter {
 		pc.records += n
 		pc.largest = max(pc.largest, n)
 		pc.largestBytes = max(pc.largestBytes, size)
+		if pc.limit > 0 && size > pc.limit {
+			pc.over++
+		}
 		pc.mu.Unlock()
 		return nil, nil, false // let the cluster handle it
 	})
@@ -803,6 +808,9 @@ func TestKafkaSplitsBatchesOverTopicLimit(t *testing.T) {
 	addr := c.ListenAddrs()[0]
 	createTopic(t, addr, "small", partitions, map[string]string{"max.message.bytes": strconv.Itoa(limit)})
 	pc := countProduce(t, c)
+	pc.mu.Lock()
+	pc.limit = limit
+	pc.mu.Unlock()
 	s := newKafkaSink(t, addr)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -821,11 +829,18 @@ func TestKafkaSplitsBatchesOverTopicLimit(t *testing.T) {
 	wg.Wait()
 	requests, records, largest := pc.get()
 	pc.mu.Lock()
-	largestBytes := pc.largestBytes
+	largestBytes, over := pc.largestBytes, pc.over
 	pc.mu.Unlock()
-	t.Logf("%d records in %d produce requests (largest %d records, %d bytes)", records, requests, largest, largestBytes)
+	t.Logf("%d records in %d produce requests (largest %d records, %d bytes; %d over the limit)", records, requests, largest, largestBytes, over)
 	if largestBytes <= limit {
 		t.Errorf("no record batch over the topic's %d bytes: the test showed nothing", limit)
+	}
+	// Each partition learns from its refusals: its batches then stay
+	// under half the last refused one. From 960KiB down to 20000 bytes
+	// that is a handful of halvings per partition, not a refusal for
+	// every large batch.
+	if over > 4*partitions {
+		t.Errorf("%d batches over the topic's limit, want at most %d: the partitions do not learn the limit", over, 4*partitions)
 	}
 	recs := readTopic(t, addr, "small", partitions)
 	if len(recs) != watchers*perWatcher {

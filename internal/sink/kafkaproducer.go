@@ -108,6 +108,12 @@ type partitionQueue struct {
 	// flushing is set while a flusher goroutine owns the partition; it
 	// sends pending records until none are left, then clears it.
 	flushing bool
+	// maxBytes, when set, bounds the bytes of the partition's batches
+	// below kafkaMaxBatchBytes: half of the last batch the broker refused
+	// for its size (see producer.deliver), so that a topic whose
+	// max.message.bytes is smaller costs a refused request a few times,
+	// not on every large batch. It only shrinks, for the producer's life.
+	maxBytes int
 }
 
 // pendingRecord is one produce call waiting for its ack.
@@ -297,7 +303,9 @@ func (p *producer) flush(q *partitionQueue) {
 // may still hold only records it would take on their own: it is split in
 // halves, sent one after the other, the second once the first is
 // acknowledged, so that the partition keeps its order. A lone record
-// refused so fails with ErrTooLarge, and the records after it go on. When
+// refused so fails with ErrTooLarge, and the records after it go on. The
+// partition's later batches are bounded by half the refused one's bytes
+// (partitionQueue.maxBytes). When
 // a part fails otherwise, the records after it are not sent and fail with
 // its error, which deliver returns.
 func (p *producer) deliver(q *partitionQueue, batch []*pendingRecord) error {
@@ -312,8 +320,14 @@ func (p *producer) deliver(q *partitionQueue, batch []*pendingRecord) error {
 		finish(batch, tooLarge(batch[0].record.size, err))
 		return nil
 	}
+	size := batchSize(batch)
 	p.log.Debug("record batch too large for the topic; splitting it", "topic", q.topic, "partition", q.partition,
-		"records", len(batch), "bytes", batchSize(batch))
+		"records", len(batch), "bytes", size)
+	q.mu.Lock()
+	if q.maxBytes == 0 || size/2 < q.maxBytes {
+		q.maxBytes = max(size/2, 1)
+	}
+	q.mu.Unlock()
 	half := len(batch) / 2
 	if err := p.deliver(q, batch[:half]); err != nil {
 		finish(batch[half:], fmt.Errorf("not sent after the records before it failed: %w", err))
@@ -362,11 +376,15 @@ func (p *producer) next(q *partitionQueue) (batch, dropped []*pendingRecord) {
 	}
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	maxBytes := kafkaMaxBatchBytes
+	if q.maxBytes > 0 {
+		maxBytes = q.maxBytes
+	}
 	for len(q.pending) > 0 {
 		n, size := 0, 0
 		batch = make([]*pendingRecord, 0, min(len(q.pending), kafkaMaxBatchRecords))
 		for _, r := range q.pending {
-			if len(batch) == kafkaMaxBatchRecords || len(batch) > 0 && size+r.record.size > kafkaMaxBatchBytes {
+			if len(batch) == kafkaMaxBatchRecords || len(batch) > 0 && size+r.record.size > maxBytes {
 				break
 			}
 			n++
