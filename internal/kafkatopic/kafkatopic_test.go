@@ -11,18 +11,25 @@ import (
 	"github.com/twmb/franz-go/pkg/kfake"
 )
 
-// A compacted topic must keep the last record of every key for ever:
-// compact, or compact,delete with no retention; anything that deletes by
-// time or size is refused, saying why.
-func TestEnsureChecksCompaction(t *testing.T) {
+// startBroker runs a one-broker kfake cluster for the test and returns a
+// client of it, and a context that bounds the test.
+func startBroker(t *testing.T) (*kafka.Client, context.Context) {
+	t.Helper()
 	c, err := kfake.NewCluster(kfake.NumBrokers(1))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
-	client := &kafka.Client{Addr: kafka.TCP(c.ListenAddrs()...), Timeout: 10 * time.Second}
+	t.Cleanup(c.Close)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
+	t.Cleanup(cancel)
+	return &kafka.Client{Addr: kafka.TCP(c.ListenAddrs()...), Timeout: 10 * time.Second}, ctx
+}
+
+// A compacted topic must keep the last record of every key for ever:
+// compact, or compact,delete with no retention; anything that deletes by
+// time or size is refused, saying why.
+func TestEnsureChecksCompaction(t *testing.T) {
+	client, ctx := startBroker(t)
 	for name, tt := range map[string]struct {
 		configs map[string]string
 		want    string // "" for no error
@@ -58,14 +65,7 @@ func TestEnsureChecksCompaction(t *testing.T) {
 // MaxMessageBytes reads a topic's own max.message.bytes, or the brokers'
 // default when the topic sets none.
 func TestMaxMessageBytes(t *testing.T) {
-	c, err := kfake.NewCluster(kfake.NumBrokers(1))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	client := &kafka.Client{Addr: kafka.TCP(c.ListenAddrs()...), Timeout: 10 * time.Second}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
+	client, ctx := startBroker(t)
 	resp, err := client.CreateTopics(ctx, &kafka.CreateTopicsRequest{Topics: []kafka.TopicConfig{
 		{Topic: "small", NumPartitions: 1, ReplicationFactor: 1, ConfigEntries: []kafka.ConfigEntry{{ConfigName: "max.message.bytes", ConfigValue: "20000"}}},
 		{Topic: "default", NumPartitions: 1, ReplicationFactor: 1},
