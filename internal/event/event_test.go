@@ -3,6 +3,7 @@ package event
 import (
 	"bytes"
 	"encoding/json"
+	"hash/maphash"
 	"os"
 	"reflect"
 	"runtime"
@@ -588,6 +589,44 @@ func TestNewWatcherAttributesShared(t *testing.T) {
 	for _, e := range []ce.Event{a, c} {
 		if got := e.Extensions()[ExtWatcherName]; got != watcherCM.Name {
 			t.Errorf("watchername = %v after a clone's was changed, want %q", got, watcherCM.Name)
+		}
+	}
+}
+
+// Two watchers whose first slots in recentWatchers are the same, and whose
+// second slots are not, keep their shared attributes while their events
+// alternate: neither evicts the other (one slot each did, so that both
+// built new attributes for every event).
+func TestRecentWatchersCollisions(t *testing.T) {
+	slotsOf := func(r cache.Ref) (uint64, uint64) {
+		h := maphash.Comparable(recentWatcherSeed, r)
+		return h % uint64(len(recentWatchers)), (h >> 32) % uint64(len(recentWatchers))
+	}
+	ref := func(i int) cache.Ref {
+		return cache.Ref{Version: "v1", Kind: "ConfigMap", Namespace: "collide", Name: "w-" + strconv.Itoa(i)}
+	}
+	first := map[uint64]int{}
+	var a, b cache.Ref
+	for i := 0; ; i++ {
+		p, s := slotsOf(ref(i))
+		if j, ok := first[p]; ok {
+			if _, sj := slotsOf(ref(j)); sj != s && s != p && sj != p {
+				a, b = ref(j), ref(i)
+				break
+			}
+		}
+		first[p] = i
+	}
+	// Empty their slots, which earlier tests may have filled.
+	for _, r := range []cache.Ref{a, b} {
+		p, s := slotsOf(r)
+		recentWatchers[p].Store(nil)
+		recentWatchers[s].Store(nil)
+	}
+	wa, wb := watcherOf(a), watcherOf(b)
+	for range 10 {
+		if watcherOf(a) != wa || watcherOf(b) != wb {
+			t.Fatalf("%s and %s, whose first slots collide, evicted each other", a.Key(), b.Key())
 		}
 	}
 }
