@@ -439,6 +439,11 @@ func (t *Kafka) publishStatus(ctx context.Context, req *Request, st *StatusData,
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	err = t.writer.WriteMessages(ctx, m)
+	if sink.KafkaRefusedForSize(err) {
+		// The writer may have batched it with other statuses: once more
+		// before it loses its objects.
+		err = t.writer.WriteMessages(ctx, m)
+	}
 	if sink.KafkaRefusedForSize(err) && len(st.Results) > 0 && !omitted {
 		// The status topic takes less than kafkaMaxStatusBytes.
 		t.log.Warn("status event too large for the status topic; sending it without the objects", "key", recordKey,

@@ -27,9 +27,9 @@ type Metrics struct {
 //     previous publish failed.
 //   - depbridge_sink_send_duration_seconds{sink}: Send latency, until the
 //     acknowledgement or the error.
-//   - depbridge_sink_objects_omitted_total{sink}: events sent without the
-//     objects their route includes, because with them the sink refused
-//     them for their size.
+//   - depbridge_sink_objects_omitted_total{sink}: events the broker
+//     acknowledged without the objects their route includes, because with
+//     them the sink refused them for their size.
 func NewMetrics(reg prometheus.Registerer, sinks ...string) (*Metrics, error) {
 	m := &Metrics{
 		published: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -51,7 +51,7 @@ func NewMetrics(reg prometheus.Registerer, sinks ...string) (*Metrics, error) {
 		}, []string{"sink"}),
 		omitted: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "depbridge_sink_objects_omitted_total",
-			Help: "Events sent without the objects their route includes, because with them the sink refused them for their size.",
+			Help: "Events the broker acknowledged without the objects their route includes, because with them the sink refused them for their size.",
 		}, []string{"sink"}),
 	}
 	for _, c := range []prometheus.Collector{m.published, m.failed, m.retries, m.duration, m.omitted} {

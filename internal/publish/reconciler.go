@@ -128,9 +128,11 @@ func (r *Reconciler) publish(ctx context.Context, req watch.Request, key string,
 		done(watch.Result{}, err)
 		return
 	}
-	if m != nil && r.isFailing(key) {
+	if m != nil && !omit && r.isFailing(key) { // a resend without objects is not a retry
 		m.retries.WithLabelValues(route.SinkName).Inc()
 	}
+	as, pipelined := route.Sink.(sink.AsyncSender)
+	pipelined = pipelined && async
 	start := time.Now()
 	sent := func(err error) {
 		if m != nil {
@@ -139,13 +141,17 @@ func (r *Reconciler) publish(ctx context.Context, req watch.Request, key string,
 		if err != nil && route.IncludeObjects && !omit && errors.Is(err, sink.ErrTooLarge) {
 			r.log.Warn("event too large for the sink with the watched objects; sending it without them (objectsOmitted)",
 				"watcher", key, "event_id", e.ID(), "route", route.Name, "sink", route.SinkName, "error", err)
-			if m != nil {
-				m.omitted.WithLabelValues(route.SinkName).Inc()
-			}
-			if async {
+			if pipelined {
 				// Not on the client's callback goroutine, which must not
 				// block.
-				go r.publish(ctx, req, key, route, true, async, done)
+				go func() {
+					defer func() {
+						if p := recover(); p != nil {
+							done(watch.Result{}, fmt.Errorf("resend of the reconcile request for %s without objects panicked: %v", key, p))
+						}
+					}()
+					r.publish(ctx, req, key, route, true, async, done)
+				}()
 				return
 			}
 			r.publish(ctx, req, key, route, true, async, done)
@@ -162,11 +168,14 @@ func (r *Reconciler) publish(ctx context.Context, req watch.Request, key string,
 		r.setFailing(key, false)
 		if m != nil {
 			m.published.WithLabelValues(route.SinkName).Inc()
+			if omit {
+				m.omitted.WithLabelValues(route.SinkName).Inc()
+			}
 		}
 		r.log.Debug("published", "watcher", key, "event_id", e.ID(), "route", route.Name, "sink", route.SinkName, "subject", t.Subject)
 		done(watch.Result{}, nil)
 	}
-	if as, ok := route.Sink.(sink.AsyncSender); ok && async {
+	if pipelined {
 		as.SendAsync(t, e, sent)
 		return
 	}

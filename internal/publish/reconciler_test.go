@@ -383,16 +383,44 @@ func TestReconcileOmitsObjectsTooLarge(t *testing.T) {
 		t.Fatalf("Reconcile = %v, sent %d; want the event with its objects", err, len(s.sent))
 	}
 
-	// No objects to leave out: the refusal is returned, once.
+	// Too large even without objects: the refusal is returned, and
+	// nothing counts as sent without objects.
 	s = &limited{limit: 10}
 	route = newRoute(t, config.Route{Name: "r", IncludeObjects: true}, s)
 	if _, err := p.Reconcile(context.Background(), request()); !errors.Is(err, sink.ErrTooLarge) || s.tries != 2 {
 		t.Fatalf("Reconcile = %v after %d tries, want ErrTooLarge after 2 (with objects, then without)", err, s.tries)
 	}
+	if v := testutil.ToFloat64(m.omitted.WithLabelValues("bus")); v != 1 {
+		t.Errorf("omitted = %v after an event still too large without objects, want 1 (unchanged)", v)
+	}
+	// The next attempt is a retry, counted once although it is sent twice.
+	if _, err := p.Reconcile(context.Background(), request()); !errors.Is(err, sink.ErrTooLarge) {
+		t.Fatal(err)
+	}
+	if v := testutil.ToFloat64(m.retries.WithLabelValues("bus")); v != 1 {
+		t.Errorf("retries = %v after one retry, want 1", v)
+	}
 	s = &limited{limit: 10}
 	route = newRoute(t, config.Route{Name: "r"}, s)
 	if _, err := p.Reconcile(context.Background(), request()); !errors.Is(err, sink.ErrTooLarge) || s.tries != 1 {
 		t.Fatalf("Reconcile = %v after %d tries, want ErrTooLarge after 1", err, s.tries)
+	}
+}
+
+// Begin on a sink that only sends resends on the worker's goroutine:
+// done before Begin returns, as for any send on such a sink.
+func TestBeginOmitsObjectsOnSendingSink(t *testing.T) {
+	s := &limited{limit: 2048}
+	route := newRoute(t, config.Route{Name: "r", IncludeObjects: true}, s)
+	p, _ := New(Options{Router: RouterFunc(func(cache.Ref) (*sink.Route, error) { return route, nil }),
+		Objects: func(cache.Ref) ([]*unstructured.Unstructured, error) {
+			return []*unstructured.Unstructured{bigObject(4096)}, nil
+		}})
+	var got error
+	called := false
+	p.Begin(context.Background(), request(), func(_ watch.Result, err error) { got, called = err, true })
+	if !called || got != nil || s.tries != 2 || len(s.sent) != 1 {
+		t.Fatalf("after Begin: done called %v with %v, %d tries, %d sent; want done(nil) after 2 tries", called, got, s.tries, len(s.sent))
 	}
 }
 

@@ -948,3 +948,63 @@ func TestKafkaRefusedForSize(t *testing.T) {
 		}
 	}
 }
+
+// A record whose caller gave up while its batch was being split is left
+// out of the part that would have carried it, as next leaves it out of a
+// batch: Send returned the context's error, so the record must not be
+// written after all.
+func TestKafkaSplitLeavesOutAbandonedRecords(t *testing.T) {
+	const limit = 20000
+	c := startKafka(t, 0, "", kfake.NumBrokers(1))
+	addr := c.ListenAddrs()[0]
+	createTopic(t, addr, "small", 1, map[string]string{"max.message.bytes": strconv.Itoa(limit)})
+	s := newKafkaSink(t, addr)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	tgt := Target{Subject: "small"}
+	if err := s.Check(ctx, []string{"small"}); err != nil {
+		t.Fatal(err)
+	}
+	// Request 1 is held until three records queue behind it; request 2
+	// carries them (24 KB) and is refused; request 3 is the first half,
+	// and while it is in flight the third record's caller gives up.
+	abandonCtx, abandon := context.WithCancel(ctx)
+	defer abandon()
+	held, release := make(chan struct{}), make(chan struct{})
+	var requests atomic.Int32
+	c.ControlKey(int16(kmsg.Produce), func(kmsg.Request) (kmsg.Response, error, bool) {
+		c.KeepControl()
+		switch requests.Add(1) {
+		case 1:
+			close(held)
+			c.SleepControl(func() { <-release })
+		case 3:
+			abandon()
+		}
+		return nil, nil, false
+	})
+	results := make(chan error, 3)
+	s.SendAsync(tgt, testEvent(t, 0, 0), func(err error) { results <- err })
+	<-held
+	for w := 1; w <= 2; w++ {
+		s.SendAsync(tgt, paddedEvent(t, w, 0, 8000), func(err error) { results <- err })
+	}
+	abandoned := make(chan error, 1)
+	go func() { abandoned <- s.Send(abandonCtx, tgt, paddedEvent(t, 3, 0, 8000)) }()
+	waitFor(t, ctx, "three records queued", func() bool { return s.queued() == 3 })
+	close(release)
+	for range 3 {
+		if err := <-results; err != nil {
+			t.Errorf("a record that fits failed: %v", err)
+		}
+	}
+	if err := <-abandoned; !errors.Is(err, context.Canceled) {
+		t.Errorf("Send of the abandoned record = %v, want context.Canceled", err)
+	}
+	if n := requests.Load(); n != 4 {
+		t.Errorf("%d produce requests, want 4 (held, refused, first half, second half)", n)
+	}
+	if got := len(readTopic(t, addr, "small", 1)); got != 3 {
+		t.Errorf("topic holds %d records, want 3: the abandoned one was written", got)
+	}
+}

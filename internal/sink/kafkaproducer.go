@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -305,10 +306,25 @@ func (p *producer) flush(q *partitionQueue) {
 // acknowledged, so that the partition keeps its order. A lone record
 // refused so fails with ErrTooLarge, and the records after it go on. The
 // partition's later batches are bounded by half the refused one's bytes
-// (partitionQueue.maxBytes). When
-// a part fails otherwise, the records after it are not sent and fail with
-// its error, which deliver returns.
+// (partitionQueue.maxBytes). Each part leaves out the records whose caller
+// gave up meanwhile. When a part fails otherwise, the records after it are
+// not sent and fail with its error, which deliver returns.
 func (p *producer) deliver(q *partitionQueue, batch []*pendingRecord) error {
+	// A part of a split batch leaves out the records whose caller gave up
+	// meanwhile, as next does.
+	if slices.ContainsFunc(batch, func(r *pendingRecord) bool { return r.ctx.Err() != nil }) {
+		live := make([]*pendingRecord, 0, len(batch))
+		for _, r := range batch {
+			if r.ctx.Err() != nil {
+				r.done(context.Cause(r.ctx))
+				continue
+			}
+			live = append(live, r)
+		}
+		if batch = live; len(batch) == 0 {
+			return nil
+		}
+	}
 	err := p.send(q, batch)
 	switch {
 	case err == nil || !refusedForSize(err):
