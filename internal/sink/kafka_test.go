@@ -855,21 +855,33 @@ func TestKafkaSplitsBatchesOverTopicLimit(t *testing.T) {
 	}
 }
 
+// smallLimit is the max.message.bytes of smallTopic's topic.
+const smallLimit = 20000
+
+// smallTopic starts a broker with a one-partition topic "small" whose
+// max.message.bytes is smallLimit, and a Kafka sink that checked it; it
+// returns them, with the target of the topic and a context bounding the
+// test.
+func smallTopic(t *testing.T) (*kfake.Cluster, string, *Kafka, context.Context, Target) {
+	t.Helper()
+	c := startKafka(t, 0, "", kfake.NumBrokers(1))
+	addr := c.ListenAddrs()[0]
+	createTopic(t, addr, "small", 1, map[string]string{"max.message.bytes": strconv.Itoa(smallLimit)})
+	s := newKafkaSink(t, addr)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	if err := s.Check(ctx, []string{"small"}); err != nil {
+		t.Fatal(err)
+	}
+	return c, addr, s, ctx, Target{Subject: "small"}
+}
+
 // TestKafkaRecordOverTopicLimit sends an event over the topic's
 // max.message.bytes in one batch with others: it alone fails, with
 // ErrTooLarge, and the others are acknowledged and written.
 func TestKafkaRecordOverTopicLimit(t *testing.T) {
-	const limit, others = 20000, 10
-	c := startKafka(t, 0, "", kfake.NumBrokers(1))
-	addr := c.ListenAddrs()[0]
-	createTopic(t, addr, "small", 1, map[string]string{"max.message.bytes": strconv.Itoa(limit)})
-	s := newKafkaSink(t, addr)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	tgt := Target{Subject: "small"}
-	if err := s.Check(ctx, []string{"small"}); err != nil {
-		t.Fatal(err)
-	}
+	const limit, others = smallLimit, 10
+	c, addr, s, ctx, tgt := smallTopic(t)
 	// The first event's request is held by the broker; the others queue
 	// behind it and go in one batch once it is released.
 	held, _, release := holdProduce(c)
@@ -954,17 +966,7 @@ func TestKafkaRefusedForSize(t *testing.T) {
 // batch: Send returned the context's error, so the record must not be
 // written after all.
 func TestKafkaSplitLeavesOutAbandonedRecords(t *testing.T) {
-	const limit = 20000
-	c := startKafka(t, 0, "", kfake.NumBrokers(1))
-	addr := c.ListenAddrs()[0]
-	createTopic(t, addr, "small", 1, map[string]string{"max.message.bytes": strconv.Itoa(limit)})
-	s := newKafkaSink(t, addr)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	tgt := Target{Subject: "small"}
-	if err := s.Check(ctx, []string{"small"}); err != nil {
-		t.Fatal(err)
-	}
+	c, addr, s, ctx, tgt := smallTopic(t)
 	// Request 1 is held until three records queue behind it; request 2
 	// carries them (24 KB) and is refused; request 3 is the first half,
 	// and while it is in flight the third record's caller gives up.
