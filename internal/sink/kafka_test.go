@@ -804,54 +804,67 @@ func sendAsyncAndWait(ctx context.Context, s *Kafka, tgt Target, e ce.Event) err
 // acknowledged and written once, each watcher's in order.
 func TestKafkaSplitsBatchesOverTopicLimit(t *testing.T) {
 	const partitions, watchers, perWatcher, limit = 2, 64, 8, 20000
-	c := startKafka(t, 0, "", kfake.NumBrokers(1))
-	addr := c.ListenAddrs()[0]
-	createTopic(t, addr, "small", partitions, map[string]string{"max.message.bytes": strconv.Itoa(limit)})
-	pc := countProduce(t, c)
-	pc.mu.Lock()
-	pc.limit = limit
-	pc.mu.Unlock()
-	s := newKafkaSink(t, addr)
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	tgt := Target{Subject: "small"}
-	var wg sync.WaitGroup
-	for w := range watchers {
-		wg.Go(func() {
-			for seq := range perWatcher {
-				if err := sendAsyncAndWait(ctx, s, tgt, paddedEvent(t, w, seq, 1500)); err != nil {
-					t.Errorf("watcher %d event %d: %v", w, seq, err)
-					return
+	// With the bound dropped at once (a TTL of 0), large batches are
+	// refused again and again: the learned bound is what keeps refusals
+	// few, and it does expire.
+	for name, expire := range map[string]bool{"bound kept": false, "bound expired": true} {
+		t.Run(name, func(t *testing.T) {
+			c := startKafka(t, 0, "", kfake.NumBrokers(1))
+			addr := c.ListenAddrs()[0]
+			createTopic(t, addr, "small", partitions, map[string]string{"max.message.bytes": strconv.Itoa(limit)})
+			pc := countProduce(t, c)
+			pc.mu.Lock()
+			pc.limit = limit
+			pc.mu.Unlock()
+			s := newKafkaSink(t, addr)
+			if expire {
+				s.p.sizeBoundTTL = 0
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+			defer cancel()
+			tgt := Target{Subject: "small"}
+			var wg sync.WaitGroup
+			for w := range watchers {
+				wg.Go(func() {
+					for seq := range perWatcher {
+						if err := sendAsyncAndWait(ctx, s, tgt, paddedEvent(t, w, seq, 1500)); err != nil {
+							t.Errorf("watcher %d event %d: %v", w, seq, err)
+							return
+						}
+					}
+				})
+			}
+			wg.Wait()
+			requests, records, largest := pc.get()
+			pc.mu.Lock()
+			largestBytes, over := pc.largestBytes, pc.over
+			pc.mu.Unlock()
+			t.Logf("%d records in %d produce requests (largest %d records, %d bytes; %d over the limit)", records, requests, largest, largestBytes, over)
+			if largestBytes <= limit {
+				t.Errorf("no record batch over the topic's %d bytes: the test showed nothing", limit)
+			}
+			// Each partition learns from its refusals: its batches then stay
+			// under half the last refused one. From 960KiB down to 20000 bytes
+			// that is a handful of halvings per partition, not a refusal for
+			// every large batch.
+			switch {
+			case !expire && over > 4*partitions:
+				t.Errorf("%d batches over the topic's limit, want at most %d: the partitions do not learn the limit", over, 4*partitions)
+			case expire && over <= 4*partitions:
+				t.Errorf("%d batches over the topic's limit with the bound dropped at once, want more than %d: the test shows nothing", over, 4*partitions)
+			}
+			recs := readTopic(t, addr, "small", partitions)
+			if len(recs) != watchers*perWatcher {
+				t.Fatalf("read %d records, want %d", len(recs), watchers*perWatcher)
+			}
+			next := map[string]int{}
+			for _, r := range recs { // in offset order per partition
+				if r.seq != next[r.key] {
+					t.Errorf("watcher %s: event %d where %d was due", r.key, r.seq, next[r.key])
 				}
+				next[r.key] = r.seq + 1
 			}
 		})
-	}
-	wg.Wait()
-	requests, records, largest := pc.get()
-	pc.mu.Lock()
-	largestBytes, over := pc.largestBytes, pc.over
-	pc.mu.Unlock()
-	t.Logf("%d records in %d produce requests (largest %d records, %d bytes; %d over the limit)", records, requests, largest, largestBytes, over)
-	if largestBytes <= limit {
-		t.Errorf("no record batch over the topic's %d bytes: the test showed nothing", limit)
-	}
-	// Each partition learns from its refusals: its batches then stay
-	// under half the last refused one. From 960KiB down to 20000 bytes
-	// that is a handful of halvings per partition, not a refusal for
-	// every large batch.
-	if over > 4*partitions {
-		t.Errorf("%d batches over the topic's limit, want at most %d: the partitions do not learn the limit", over, 4*partitions)
-	}
-	recs := readTopic(t, addr, "small", partitions)
-	if len(recs) != watchers*perWatcher {
-		t.Fatalf("read %d records, want %d", len(recs), watchers*perWatcher)
-	}
-	next := map[string]int{}
-	for _, r := range recs { // in offset order per partition
-		if r.seq != next[r.key] {
-			t.Errorf("watcher %s: event %d where %d was due", r.key, r.seq, next[r.key])
-		}
-		next[r.key] = r.seq + 1
 	}
 }
 

@@ -39,6 +39,9 @@ const (
 	// kafkaRefreshInterval is the least time between two forced metadata
 	// refreshes (see producer.refresh).
 	kafkaRefreshInterval = time.Second
+	// kafkaSizeBoundTTL is how long a partition bounds its batches after
+	// a refusal for size (see partitionQueue.maxBytes).
+	kafkaSizeBoundTTL = 10 * time.Minute
 )
 
 // producer writes records to Kafka with acks from all in-sync replicas and
@@ -73,7 +76,10 @@ type producer struct {
 	linger time.Duration
 	// metadataTTL is how long partition counts are kept.
 	metadataTTL time.Duration
-	log         *slog.Logger
+	// sizeBoundTTL is how long a partition keeps the bound on its batches
+	// that a refusal for size taught it (partitionQueue.maxBytes).
+	sizeBoundTTL time.Duration
+	log          *slog.Logger
 
 	// ctx is cancelled by stop, which aborts requests in flight.
 	ctx    context.Context
@@ -113,8 +119,11 @@ type partitionQueue struct {
 	// below kafkaMaxBatchBytes: half of the last batch the broker refused
 	// for its size (see producer.deliver), so that a topic whose
 	// max.message.bytes is smaller costs a refused request a few times,
-	// not on every large batch. It only shrinks, for the producer's life.
-	maxBytes int
+	// not on every large batch. It is set at maxBytesAt and dropped
+	// sizeBoundTTL later, so that a topic whose limit was raised gets
+	// large batches again.
+	maxBytes   int
+	maxBytesAt time.Time
 }
 
 // pendingRecord is one produce call waiting for its ack.
@@ -128,7 +137,7 @@ type pendingRecord struct {
 func newProducer(client *kafka.Client, transport *kafka.Transport, linger time.Duration, log *slog.Logger) *producer {
 	ctx, cancel := context.WithCancel(context.Background())
 	return &producer{
-		client: client, transport: transport, linger: linger, metadataTTL: kafkaMetadataTTL, log: log,
+		client: client, transport: transport, linger: linger, metadataTTL: kafkaMetadataTTL, sizeBoundTTL: kafkaSizeBoundTTL, log: log,
 		ctx: ctx, cancel: cancel,
 		topics: map[string]*topicPartitions{},
 		queues: map[topicPartition]*partitionQueue{},
@@ -306,7 +315,7 @@ func (p *producer) flush(q *partitionQueue) {
 // acknowledged, so that the partition keeps its order. A lone record
 // refused so fails with ErrTooLarge, and the records after it go on. The
 // partition's later batches are bounded by half the refused one's bytes
-// (partitionQueue.maxBytes). Each part leaves out the records whose caller
+// (partitionQueue.maxBytes) for kafkaSizeBoundTTL. Each part leaves out the records whose caller
 // gave up meanwhile. When a part fails otherwise, the records after it are
 // not sent and fail with its error, which deliver returns.
 func (p *producer) deliver(q *partitionQueue, batch []*pendingRecord) error {
@@ -343,6 +352,7 @@ func (p *producer) deliver(q *partitionQueue, batch []*pendingRecord) error {
 	if q.maxBytes == 0 || size/2 < q.maxBytes {
 		q.maxBytes = max(size/2, 1)
 	}
+	q.maxBytesAt = time.Now()
 	q.mu.Unlock()
 	half := len(batch) / 2
 	if err := p.deliver(q, batch[:half]); err != nil {
@@ -392,6 +402,9 @@ func (p *producer) next(q *partitionQueue) (batch, dropped []*pendingRecord) {
 	}
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	if q.maxBytes > 0 && time.Since(q.maxBytesAt) > p.sizeBoundTTL {
+		q.maxBytes = 0
+	}
 	maxBytes := kafkaMaxBatchBytes
 	if q.maxBytes > 0 {
 		maxBytes = q.maxBytes
