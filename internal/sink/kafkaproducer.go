@@ -315,28 +315,17 @@ func (p *producer) flush(q *partitionQueue) {
 // acknowledged, so that the partition keeps its order. A lone record
 // refused so fails with ErrTooLarge, and the records after it go on. The
 // partition's later batches are bounded by half the refused one's bytes
-// (partitionQueue.maxBytes) for kafkaSizeBoundTTL. Each part leaves out the records whose caller
-// gave up meanwhile. When a part fails otherwise, the records after it are
-// not sent and fail with its error, which deliver returns.
+// (partitionQueue.maxBytes) for kafkaSizeBoundTTL. Each part leaves out
+// the records whose caller gave up meanwhile. When a part fails otherwise,
+// the records after it are not sent and fail with its error, which
+// deliver returns.
 func (p *producer) deliver(q *partitionQueue, batch []*pendingRecord) error {
-	// A part of a split batch leaves out the records whose caller gave up
-	// meanwhile, as next does.
-	if slices.ContainsFunc(batch, func(r *pendingRecord) bool { return r.ctx.Err() != nil }) {
-		live := make([]*pendingRecord, 0, len(batch))
-		for _, r := range batch {
-			if r.ctx.Err() != nil {
-				r.done(context.Cause(r.ctx))
-				continue
-			}
-			live = append(live, r)
-		}
-		if batch = live; len(batch) == 0 {
-			return nil
-		}
+	if len(batch) == 0 {
+		return nil
 	}
 	err := p.send(q, batch)
 	switch {
-	case err == nil || !refusedForSize(err):
+	case err == nil || !KafkaRefusedForSize(err):
 		finish(batch, err)
 		return err
 	case len(batch) == 1:
@@ -355,15 +344,30 @@ func (p *producer) deliver(q *partitionQueue, batch []*pendingRecord) error {
 	q.maxBytesAt = time.Now()
 	q.mu.Unlock()
 	half := len(batch) / 2
-	if err := p.deliver(q, batch[:half]); err != nil {
+	if err := p.deliver(q, abandonGivenUp(batch[:half])); err != nil {
 		finish(batch[half:], fmt.Errorf("not sent after the records before it failed: %w", err))
 		return err
 	}
-	return p.deliver(q, batch[half:])
+	return p.deliver(q, abandonGivenUp(batch[half:]))
 }
 
-// refusedForSize is KafkaRefusedForSize.
-func refusedForSize(err error) bool { return KafkaRefusedForSize(err) }
+// abandonGivenUp completes with their context's cause the records of part
+// whose caller gave up while the batch was being split, as next leaves
+// them out of a batch, and returns the others.
+func abandonGivenUp(part []*pendingRecord) []*pendingRecord {
+	if !slices.ContainsFunc(part, func(r *pendingRecord) bool { return r.ctx.Err() != nil }) {
+		return part
+	}
+	live := make([]*pendingRecord, 0, len(part))
+	for _, r := range part {
+		if r.ctx.Err() != nil {
+			r.done(context.Cause(r.ctx))
+			continue
+		}
+		live = append(live, r)
+	}
+	return live
+}
 
 // KafkaRefusedForSize reports whether err, from kafka-go, says that the
 // broker refuses a record batch for its size: over the topic's
@@ -541,7 +545,7 @@ func waiting(batch []*pendingRecord) bool {
 // temporary Kafka errors and network errors, and stale metadata. A batch
 // refused for its size is not retried as it is (see deliver).
 func retriable(err error) bool {
-	if refusedForSize(err) {
+	if KafkaRefusedForSize(err) {
 		return false
 	}
 	var temp interface{ Temporary() bool }
